@@ -1,0 +1,170 @@
+"""The `seqrec` command: thin wiring from arguments to the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _add_prepare(sub) -> None:
+    from .data.datasets import SPECS
+
+    p = sub.add_parser(
+        "prepare",
+        help="download/read, filter, remap and store a dataset",
+        description="Prepare a dataset folder. Known names: " + ", ".join(SPECS)
+        + ". Any other name needs --raw (a RecBole .inter, ratings.csv, ratings.dat, u.data, ...).",
+    )
+    p.add_argument("name", help="dataset name (e.g. ml-1m, ml-100k, ml-32m, beauty, or your own)")
+    p.add_argument("--raw", help="local file or folder to read instead of downloading (never touches the network)")
+    p.add_argument("--out", help="output folder (default: $SEQREC_HOME/datasets/NAME)")
+    p.add_argument("--format", dest="fmt", help="reader for --raw: ml1m, ml100k, ml_csv, recbole, amazon, sasrec")
+    p.add_argument("--url", help="download from this URL instead of GroupLens (mirrors, tests)")
+    p.add_argument("--min_user", type=int, help="keep users with at least this many interactions")
+    p.add_argument("--min_item", type=int, help="keep items with at least this many interactions")
+    p.add_argument("--iterative", action=argparse.BooleanOptionalAction, default=None,
+                   help="iterate the k-core filter until stable (default: the recipe's, single pass for SASRec)")
+    p.add_argument("--min_rating", type=float, help="drop interactions rated below this")
+    p.add_argument("--users", type=int, default=2000, help="synthetic: number of users")
+    p.add_argument("--items", type=int, default=800, help="synthetic: number of items")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args) -> int:
+    from .data.datasets import SPECS, Recipe, prepare_dataset, with_recipe_overrides
+
+    spec = SPECS.get(args.name)
+    recipe = with_recipe_overrides(
+        spec.recipe if spec else Recipe(),
+        min_user=args.min_user, min_item=args.min_item, iterative=args.iterative, min_rating=args.min_rating,
+    )
+    syn = {"n_users": args.users, "n_items": args.items, "seed": args.seed}
+    ds = prepare_dataset(args.name, raw=args.raw, out=args.out, fmt=args.fmt, recipe=recipe, url=args.url,
+                         synthetic_kwargs=syn)
+    print(ds.summary())
+    print(f"{ds.stats['users']} users / {ds.stats['items']} items / {ds.stats['interactions']} interactions")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="statistics of a prepared dataset and its splits")
+    p.add_argument("dataset", help="dataset name or folder")
+    p.add_argument("--fraction", type=float, default=0.8, help="temporal split: fraction of interactions in the past")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    from .data.datasets import resolve_dataset
+
+    ds = resolve_dataset(args.dataset, prepare_if_missing=False)
+    print(ds.summary())
+    loo = ds.leave_one_out()
+    n_eval = len(loo.eval_users)
+    print(f"leave-one-out: {n_eval:,} users evaluated ({ds.n_users - n_eval:,} too short, train only); "
+          f"{int((loo.train_end - ds.offsets[1:-1]).sum()):,} training interactions")
+    s = ds.temporal_split(args.fraction).stats
+    print(f"temporal split ({s['fraction']:.0%} past): past {s['past_rows']:,} / future {s['future_rows']:,} rows; "
+          f"future-only users {s['future_only_users']:,}, future-only items {s['future_only_items']:,} "
+          f"({s['future_rows_of_future_only_items']:,} future rows)")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a prepared dataset in another format (RecBole atomic files)")
+    p.add_argument("dataset", help="dataset name or folder")
+    p.add_argument("--format", default="recbole", choices=["recbole"], help="output format")
+    p.add_argument("--out", default="recbole_data", help="output folder (files go in OUT/NAME/)")
+    p.add_argument("--name", help="file stem (default: the dataset name)")
+    p.add_argument("--ids", default="mapped", choices=["mapped", "raw"], help="contiguous ids or the source's ids")
+    p.add_argument("--fraction", type=float, default=0.8, help="past fraction of the temporal split files")
+    p.add_argument("--no_temporal", action="store_true", help="do not write the _past/_future files")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .data.datasets import resolve_dataset
+    from .data.export import export_recbole
+
+    ds = resolve_dataset(args.dataset, prepare_if_missing=False)
+    export_recbole(ds, args.out, name=args.name, ids=args.ids,
+                   temporal_fraction=None if args.no_temporal else args.fraction)
+    return 0
+
+
+def _add_train(sub) -> None:
+    from .train.config import add_train_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (SASRec, TiSASRec, ...) and evaluate it",
+        description="Train on the leave-one-out split, select the best epoch on validation, then evaluate "
+        "the test set once (full ranking and sampled negatives). Arguments follow the SASRec.pytorch seed's "
+        "table; a YAML --config may set any of them and the command line wins.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from .train.config import resolve_config
+    from .train.trainer import train
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    cfg = resolve_config(cli)
+    train(cfg)
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="re-evaluate a saved run (full ranking and sampled)")
+    p.add_argument("run_dir", help="a --train_dir of `seqrec train`")
+    p.add_argument("--checkpoint", default="best.pt", help="checkpoint file in the run folder")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--negatives", type=int, default=100, help="sampled protocol negatives (0 skips it)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from .train.runs import evaluate_run
+
+    evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split, n_negatives=args.negatives,
+                 device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqrec",
+        description="Time-aware sequential recommendation: data preparation, training (SASRec, TiSASRec, "
+        "mHC, SS4Rec) and evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"seqrec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+_COMMANDS = [_add_prepare, _add_info, _add_export, _add_train, _add_evaluate]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        # Expected user errors: one clear line, no traceback.
+        print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

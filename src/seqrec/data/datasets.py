@@ -1,0 +1,170 @@
+"""Named datasets: where their raw files come from and the recipe that prepares them.
+
+``prepare_dataset("ml-1m")`` downloads (or, with ``raw=``, reads a local copy of) the
+GroupLens file, applies the recipe and writes a dataset folder under
+``$SEQREC_HOME/datasets/<name>`` (default ``~/.cache/seqrec/datasets/<name>``).
+Any RecBole ``.inter`` (or other supported file) prepares under a name of your choice with
+``raw=PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import polars as pl
+
+from ..utils.io import file_md5
+from .interactions import Interactions
+from .prepare import Recipe, prepare
+from .store import SeqDataset, load_dataset, save_dataset
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    fmt: str  # reader key: ml1m, ml100k, ml_csv, recbole, amazon, sasrec, synthetic
+    recipe: Recipe
+    downloadable: bool
+    expected: dict | None = None  # statistics the recipe reproduces from the full file
+    note: str = ""
+
+
+# The SASRec/SS4Rec ML-1M recipe: counts taken once, users and items with < 5 dropped.
+SASREC_5 = Recipe(min_user=5, min_item=5, iterative=False)
+
+SPECS: dict[str, DatasetSpec] = {
+    "ml-1m": DatasetSpec("ml-1m", "ml1m", SASREC_5, True, {"users": 6040, "items": 3416, "interactions": 999611},
+                         "MovieLens 1M; SASRec/SS4Rec recipe (items with < 5 ratings dropped)"),
+    "ml-100k": DatasetSpec("ml-100k", "ml100k", Recipe(), True, {"users": 943, "items": 1682, "interactions": 100000},
+                           "MovieLens 100K, unfiltered"),
+    "ml-20m": DatasetSpec("ml-20m", "ml_csv", SASREC_5, True),
+    "ml-25m": DatasetSpec("ml-25m", "ml_csv", SASREC_5, True),
+    "ml-32m": DatasetSpec("ml-32m", "ml_csv", SASREC_5, True, None,
+                          "MovieLens 32M (32,000,204 ratings, 200,948 users); 5-core single pass"),
+    "ml-latest-small": DatasetSpec("ml-latest-small", "ml_csv", SASREC_5, True),
+    "beauty": DatasetSpec("beauty", "amazon", Recipe(), False,
+                          {"users": 22363, "items": 12101, "interactions": 198502},
+                          "Amazon Beauty, 5-core sequential version (pass --raw FOLDER with Beauty_*_org_rank.txt)"),
+    "sports": DatasetSpec("sports", "amazon", Recipe(), False,
+                          {"users": 35598, "items": 18357, "interactions": 296337},
+                          "Amazon Sports, 5-core sequential version (pass --raw FOLDER with Sports_*_org_rank.txt)"),
+    "synthetic": DatasetSpec("synthetic", "synthetic", Recipe(), False, None,
+                             "generated item chains with popularity skew and realistic gaps"),
+}
+
+AMAZON_PREFIX = {"beauty": "Beauty", "sports": "Sports"}
+
+
+def seqrec_home() -> Path:
+    return Path(os.environ.get("SEQREC_HOME", Path.home() / ".cache" / "seqrec"))
+
+
+def default_dataset_dir(name: str) -> Path:
+    return seqrec_home() / "datasets" / name
+
+
+def _read_raw(name: str, spec: DatasetSpec | None, raw: str | Path | None, fmt: str | None, url: str | None,
+              synthetic_kwargs: dict | None) -> tuple[Interactions, dict, pl.DataFrame | None]:
+    """Read the raw interactions of a dataset; return (interactions, provenance, titles)."""
+    from . import readers
+    from .titles import read_titles
+
+    fmt = fmt or (spec.fmt if spec else None)
+    titles = None
+    if fmt == "synthetic":
+        from .synthetic import generate
+
+        kw = synthetic_kwargs or {}
+        inter = generate(**kw)
+        return inter, {"reader": "synthetic", "params": kw}, None
+    if fmt == "amazon":
+        if raw is None:
+            raise ValueError(f"{name}: there is no download for the Amazon sets; pass --raw FOLDER "
+                             f"(a folder with {AMAZON_PREFIX.get(name, '<Name>')}_item_org_rank.txt and _time_org_rank.txt)")
+        raw = Path(raw)
+        prefix = AMAZON_PREFIX.get(name, name)
+        item_path = raw / f"{prefix}_item_org_rank.txt" if raw.is_dir() else raw
+        time_path = item_path.with_name(item_path.name.replace("_item_", "_time_"))
+        for p in (item_path, time_path):
+            if not p.exists():
+                raise FileNotFoundError(f"{name}: expected {p}")
+        inter = readers.read_amazon(item_path, time_path)
+        return inter, {"reader": "amazon", "path": str(item_path), "time_path": str(time_path),
+                       "md5": file_md5(item_path), "time_md5": file_md5(time_path)}, None
+    if spec is not None and spec.downloadable:
+        from .download import fetch, locate_items, locate_ratings
+
+        folder = fetch(name, raw=raw, url=url)
+        path = locate_ratings(name, folder) if Path(folder).is_dir() else Path(folder)
+        reader = {"ml1m": readers.read_ml1m, "ml100k": readers.read_ml100k, "ml_csv": readers.read_ml_csv}[spec.fmt]
+        inter = reader(path)
+        items_path = locate_items(name, folder) if Path(folder).is_dir() else locate_items(name, Path(folder).parent)
+        if items_path is not None and Path(items_path).exists():
+            titles = read_titles(items_path)
+        return inter, {"reader": spec.fmt, "path": str(path), "md5": file_md5(path),
+                       "downloaded": raw is None}, titles
+    if raw is None:
+        raise ValueError(f"unknown dataset {name!r}: pass --raw PATH to a ratings/.inter file, "
+                         f"or use one of {', '.join(SPECS)}")
+    inter = readers.read_any(raw, fmt=fmt)
+    return inter, {"reader": fmt or "auto", "path": str(raw), "md5": file_md5(raw) if Path(raw).is_file() else None}, None
+
+
+def prepare_dataset(
+    name: str,
+    *,
+    raw: str | Path | None = None,
+    out: str | Path | None = None,
+    fmt: str | None = None,
+    recipe: Recipe | None = None,
+    url: str | None = None,
+    synthetic_kwargs: dict | None = None,
+    log=print,
+) -> SeqDataset:
+    """Read, filter, remap and store dataset ``name``; return the loaded folder."""
+    spec = SPECS.get(name)
+    recipe = recipe if recipe is not None else (spec.recipe if spec else Recipe())
+    t0 = time.perf_counter()
+    inter, source, titles = _read_raw(name, spec, raw, fmt, url, synthetic_kwargs)
+    t_read = time.perf_counter() - t0
+    prepared = prepare(inter, recipe)
+    t_prep = time.perf_counter() - t0 - t_read
+    source = {**source, "raw_rows": len(inter), "raw_users": inter.n_users, "raw_items": inter.n_items}
+    folder = Path(out) if out is not None else default_dataset_dir(name)
+    ds = save_dataset(folder, prepared, name=name, source=source, item_titles=titles)
+    if log:
+        log(f"read {len(inter):,} rows in {t_read:.1f}s, prepared in {t_prep:.1f}s, "
+            f"saved in {time.perf_counter() - t0 - t_read - t_prep:.1f}s")
+    if spec and spec.expected and log:
+        got = {k: ds.stats[k] for k in spec.expected}
+        if got != spec.expected and recipe == spec.recipe and source.get("raw_rows", 0) >= spec.expected["interactions"]:
+            log(f"warning: {name} statistics {got} differ from the reference {spec.expected}")
+    return ds
+
+
+def resolve_dataset(name_or_path: str | Path, *, prepare_if_missing: bool = True, log=print) -> SeqDataset:
+    """A dataset folder path, a name prepared earlier, or a downloadable name (prepared now)."""
+    p = Path(name_or_path)
+    if (p / "manifest.json").exists():
+        return load_dataset(p)
+    name = str(name_or_path)
+    folder = default_dataset_dir(name)
+    if (folder / "manifest.json").exists():
+        return load_dataset(folder)
+    spec = SPECS.get(name)
+    if spec is None:
+        raise ValueError(
+            f"unknown dataset {name!r}: not a prepared folder, not in {seqrec_home() / 'datasets'}, "
+            f"and not one of {', '.join(SPECS)}. Run `seqrec prepare {name} --raw PATH` first."
+        )
+    if not (prepare_if_missing and (spec.downloadable or spec.fmt == "synthetic")):
+        raise ValueError(f"dataset {name!r} is not prepared yet: run `seqrec prepare {name} --raw PATH`")
+    return prepare_dataset(name, log=log)
+
+
+def with_recipe_overrides(recipe: Recipe, **overrides) -> Recipe:
+    """Replace the fields given (non-None) in ``overrides``."""
+    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})

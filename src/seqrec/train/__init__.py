@@ -1,0 +1,1 @@
+"""Training: batches, losses, the trainer loop and run loading."""

@@ -1,0 +1,173 @@
+"""The training argument table (the seed's table plus seqrec's additions).
+
+One list, :data:`ARGUMENTS`, drives the command line, the YAML config files and the saved
+``config.yaml`` of a run. Precedence: built-in defaults < ``--config`` YAML < command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    default: Any
+    help: str
+    type: Any = None  # inferred from default when None
+    choices: tuple | None = None
+    flag: bool = False  # store_true
+
+
+ARGUMENTS: list[Arg] = [
+    # -- the seed's table ---------------------------------------------------------------
+    Arg("dataset", None, "dataset name (ml-1m, ml-100k, beauty, ...) or a prepared dataset folder", str),
+    Arg("train_dir", None, "output directory of the run", str),
+    Arg("batch_size", 128, "training batch size (sequences)"),
+    Arg("lr", 0.001, "learning rate"),
+    Arg("lr_decay_step", 1000, "multiply the lr by lr_decay_rate every this many epochs"),
+    Arg("lr_decay_rate", 0.95, "lr decay factor"),
+    Arg("warmup_steps", 100, "linear lr warm-up steps (0 disables)"),
+    Arg("maxlen", 200, "maximum sequence length (most recent items kept)"),
+    Arg("hidden_units", 50, "hidden dimension"),
+    Arg("num_blocks", 2, "number of transformer / SSM blocks"),
+    Arg("num_heads", 2, "attention heads (hidden_units must be divisible by it)"),
+    Arg("dropout_rate", 0.2, "dropout"),
+    Arg("l2_emb", 0.0, "L2 regularisation of the item embeddings"),
+    Arg("device", "auto", "cuda, cpu or auto (cuda when available; the seed's default is cuda)", str, ("auto", "cuda", "cpu")),
+    Arg("no_time", False, "seed compatibility: use SASRec (no time intervals) when --model is not given", flag=True),
+    Arg("no_mhc", False, "disable Manifold-Constrained Hyper-Connections", flag=True),
+    Arg("mhc_expansion_rate", 4, "mHC: number of parallel residual streams n"),
+    Arg("mhc_sinkhorn_iter", 20, "mHC: Sinkhorn-Knopp iterations for H_res"),
+    Arg("mhc_init_gate", 0.01, "mHC: initial value of the dynamic gates alpha"),
+    Arg("mhc_no_amp", False, "mHC: compute the mixing coefficients and Sinkhorn in float32 under AMP", flag=True),
+    Arg("time_span", 100, "TiSASRec: intervals are clipped to this many units"),
+    Arg("time_unit", "hour", "TiSASRec: unit of time intervals", str, ("second", "minute", "hour", "day")),
+    Arg("num_epochs", 1000, "maximum number of epochs (early stopping usually ends sooner)"),
+    # -- seqrec additions -----------------------------------------------------------------
+    Arg("model", None, "model name (sasrec, tisasrec, ...); default: tisasrec, or sasrec with --no_time", str),
+    Arg("config", None, "YAML file setting any of these arguments (the command line wins)", str),
+    Arg("loss", "bce", "training loss", str, ("bce", "bpr", "ce", "sampled_softmax")),
+    Arg("num_negatives", 256, "negatives per batch for sampled_softmax"),
+    Arg("optimizer", "adam", "adam (betas 0.9, 0.98) or adamw", str, ("adam", "adamw")),
+    Arg("weight_decay", 0.0, "decoupled weight decay (adamw)"),
+    Arg("grad_clip", 5.0, "clip the global gradient norm to this (0 disables)"),
+    Arg("amp", "auto", "mixed precision on CUDA: auto (bf16 when supported), bf16, fp16, off", str,
+        ("auto", "bf16", "fp16", "off")),
+    Arg("norm_first", True, "pre-LN blocks (post-LN when false)", None),
+    Arg("seed", 42, "random seed (model init, data order, negatives)"),
+    Arg("patience", 20, "stop after this many evaluations without validation improvement (0 disables)"),
+    Arg("eval_every", 1, "evaluate on the validation set every this many epochs"),
+    Arg("eval_batch_size", 1024, "users per evaluation batch"),
+    Arg("metric", "ndcg@10", "validation metric for model selection and early stopping", str),
+    Arg("exclude_history", True, "exclude the user's past items from full-ranking evaluation", None),
+    Arg("eval_negatives", 100, "sampled protocol: negatives per user at test time (0 skips it)"),
+    Arg("max_steps", 0, "stop after this many optimizer steps in all (0: no limit)"),
+    Arg("log_every", 50, "log training loss every this many steps"),
+    Arg("progress", True, "show progress bars", None),
+]
+
+ARG_BY_NAME = {a.name: a for a in ARGUMENTS}
+
+
+def _str2bool(v: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).lower()
+    if s in ("1", "true", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, extra_model_args: dict | None = None) -> None:
+    """Add every training argument; defaults are SUPPRESSed so we know what was given."""
+    for a in ARGUMENTS:
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{a.help} (default: {a.default})"}
+        if a.flag:
+            parser.add_argument(f"--{a.name}", action="store_true", **kw)
+            continue
+        typ = a.type or (type(a.default) if a.default is not None else str)
+        if typ is bool:
+            kw["type"] = _str2bool
+            kw["metavar"] = "BOOL"
+        else:
+            kw["type"] = typ
+        if a.choices:
+            kw["choices"] = a.choices
+        parser.add_argument(f"--{a.name}", **kw)
+    for name, (default, help_) in (extra_model_args or {}).items():
+        if name in ARG_BY_NAME:
+            continue
+        typ = _str2bool if isinstance(default, bool) else (type(default) if default is not None else str)
+        parser.add_argument(f"--{name}", type=typ, default=argparse.SUPPRESS, help=f"{help_} (default: {default})")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of argument: value")
+    return data
+
+
+def resolve_config(cli: dict, known_extra: set[str] | None = None) -> dict:
+    """Merge defaults < YAML (``cli['config']``) < command-line values into one flat dict."""
+    cfg = {a.name: a.default for a in ARGUMENTS}
+    known = set(cfg) | (known_extra or set())
+    if cli.get("config"):
+        for k, v in load_yaml(cli["config"]).items():
+            if k not in known:
+                close = difflib.get_close_matches(k, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{cli['config']}: unknown argument {k!r}{hint}")
+            cfg[k] = v
+    cfg.update(cli)
+    if cfg.get("model") is None:
+        cfg["model"] = "sasrec" if cfg.get("no_time") else "tisasrec"
+    cfg["mhc"] = not cfg.get("no_mhc", False)
+    return cfg
+
+
+def validate_config(cfg: dict) -> None:
+    """Fail before training with a message that says what to change."""
+    for key in ("dataset", "train_dir"):
+        if not cfg.get(key):
+            raise ValueError(f"--{key} is required")
+    for a in ARGUMENTS:
+        if a.choices and cfg.get(a.name) not in a.choices:
+            raise ValueError(f"--{a.name} must be one of {', '.join(a.choices)}, got {cfg.get(a.name)!r}")
+    positive = ("batch_size", "maxlen", "hidden_units", "num_blocks", "num_heads", "num_epochs", "eval_every",
+                "eval_batch_size", "mhc_expansion_rate", "time_span")
+    for k in positive:
+        if k in cfg and (not isinstance(cfg[k], int) or cfg[k] <= 0):
+            raise ValueError(f"--{k} must be a positive integer, got {cfg[k]!r}")
+    if cfg["hidden_units"] % cfg["num_heads"] != 0:
+        raise ValueError(
+            f"hidden_units ({cfg['hidden_units']}) must be divisible by num_heads ({cfg['num_heads']}): "
+            "change --num_heads or --hidden_units"
+        )
+    if not 0.0 <= cfg["dropout_rate"] < 1.0:
+        raise ValueError(f"--dropout_rate must be in [0, 1), got {cfg['dropout_rate']}")
+    if cfg["lr"] <= 0:
+        raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    metric = str(cfg["metric"])
+    name, _, k = metric.partition("@")
+    if name not in ("hr", "ndcg", "mrr", "recall") or not k.isdigit():
+        raise ValueError(f"--metric must look like ndcg@10, hr@10, mrr@10 or recall@10, got {metric!r}")
+
+
+def save_config(cfg: dict, path: str | Path) -> None:
+    from ..utils.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(dict(cfg), sort_keys=False))

@@ -1,0 +1,69 @@
+"""Glue between a model, the batcher and :mod:`seqrec.eval` (model-agnostic)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..eval import full_ranking, sampled
+from .batches import SequenceBatcher
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    batcher: SequenceBatcher,
+    users: np.ndarray,
+    target_pos: np.ndarray,
+    *,
+    device="cpu",
+    protocol: str = "full",
+    ks=(5, 10, 20),
+    batch_size: int = 1024,
+    exclude_history: bool = True,
+    n_negatives: int = 100,
+    item_popularity=None,
+    sampler: str = "uniform",
+    seed: int = 0,
+    autocast=None,
+    progress: bool = False,
+) -> dict:
+    """Rank each user's target (flat position ``target_pos``) given the items before it.
+
+    ``protocol="full"``: against all items (history excluded when ``exclude_history``);
+    ``protocol="sampled"``: against ``n_negatives`` sampled items.
+    """
+    was_training = model.training
+    model.eval()
+    users = np.asarray(users, dtype=np.int64)
+    target_pos = np.asarray(target_pos, dtype=np.int64)
+    targets = torch.from_numpy(batcher.item[target_pos].astype(np.int64))
+    history = batcher.history(users, target_pos)
+
+    def score_fn(rows: torch.Tensor) -> torch.Tensor:
+        r = rows.numpy()
+        batch = _to(batcher.eval_batch(users[r], target_pos[r]), device)
+        if autocast is not None:
+            with autocast():
+                scores = model.predict(batch)
+        else:
+            scores = model.predict(batch)
+        return scores.float().cpu()
+
+    try:
+        if protocol == "full":
+            return full_ranking(score_fn, users, targets, history=history, exclude_history=exclude_history,
+                                ks=ks, batch_size=batch_size, progress=progress)
+        if protocol == "sampled":
+            from ..eval import gather_scorer
+
+            return sampled(gather_scorer(score_fn), users, targets, n_negatives=n_negatives, sampler=sampler,
+                           item_popularity=item_popularity, history=history, seed=seed, ks=ks,
+                           batch_size=batch_size)
+        raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'sampled'")
+    finally:
+        model.train(was_training)

@@ -1,0 +1,64 @@
+"""Loading saved runs: rebuild dataset, batcher and model from a run folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..data.datasets import resolve_dataset
+from ..data.store import SeqDataset
+from ..models import build_model, get_model_class
+from .batches import SequenceBatcher
+from .evaluation import evaluate
+from .trainer import KS, pick_device
+
+
+@dataclass
+class LoadedRun:
+    cfg: dict
+    dataset: SeqDataset
+    model: torch.nn.Module
+    batcher: SequenceBatcher
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto") -> LoadedRun:
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a seqrec run folder (no config.yaml)")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    ckpt_path = run_dir / checkpoint
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{ckpt_path} not found (the run has not finished an evaluation yet?)")
+    dev = pick_device(device)
+    ds = resolve_dataset(cfg["dataset"], prepare_if_missing=False)
+    split = ds.leave_one_out()
+    model = build_model(cfg["model"], n_items=ds.n_items, **cfg).to(dev)
+    state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    model.load_state_dict(state["model"])
+    model.eval()
+    batcher = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, split.train_end, cfg["maxlen"],
+                              with_time=get_model_class(cfg["model"]).uses_time)
+    return LoadedRun(cfg, ds, model, batcher, dev)
+
+
+def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives=100, device="auto", log=print) -> dict:
+    run = load_run(run_dir, checkpoint, device)
+    loo = run.dataset.leave_one_out()
+    users = loo.eval_users
+    pos = (loo.test_pos if split == "test" else loo.valid_pos)[users - 1]
+    kw = dict(device=run.device, ks=KS, batch_size=run.cfg.get("eval_batch_size", 1024),
+              exclude_history=run.cfg.get("exclude_history", True))
+    out = {"full": evaluate(run.model, run.batcher, users, pos, protocol="full", **kw)}
+    if n_negatives:
+        out["sampled"] = evaluate(run.model, run.batcher, users, pos, protocol="sampled", n_negatives=n_negatives,
+                                  seed=run.cfg.get("seed", 0), **kw)
+    for proto, m in out.items():
+        log(f"{split} {proto:8s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if "@" in k))
+    log(json.dumps({"run": str(run_dir), "split": split, **out}, default=float))
+    return out
