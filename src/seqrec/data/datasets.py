@@ -9,7 +9,6 @@ Any RecBole ``.inter`` (or other supported file) prepares under a name of your c
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from ..utils.io import file_md5
+from .download import seqrec_home
 from .interactions import Interactions
 from .prepare import Recipe, prepare
 from .store import SeqDataset, load_dataset, save_dataset
@@ -56,10 +56,6 @@ SPECS: dict[str, DatasetSpec] = {
 }
 
 AMAZON_PREFIX = {"beauty": "Beauty", "sports": "Sports"}
-
-
-def seqrec_home() -> Path:
-    return Path(os.environ.get("SEQREC_HOME", Path.home() / ".cache" / "seqrec"))
 
 
 def default_dataset_dir(name: str) -> Path:
