@@ -1,0 +1,24 @@
+"""Sequential recommendation models and their registry.
+
+>>> from seqrec.models import build_model
+>>> model = build_model("sasrec", n_items=100, hidden_units=32, num_heads=2, lr=1e-3)
+"""
+
+from seqrec.models.base import SequentialRecommender
+from seqrec.models.registry import available_models, build_model, get_model_class, register_model
+from seqrec.models.sasrec import SASRec, SASRecConfig
+from seqrec.models.tisasrec import TIME_UNITS, TiSASRec, TiSASRecConfig, time_interval_matrix
+
+__all__ = [
+    "SASRec",
+    "SASRecConfig",
+    "SequentialRecommender",
+    "TIME_UNITS",
+    "TiSASRec",
+    "TiSASRecConfig",
+    "available_models",
+    "build_model",
+    "get_model_class",
+    "register_model",
+    "time_interval_matrix",
+]

@@ -1,0 +1,120 @@
+"""The interface every sequential recommender implements (the trainer relies on it).
+
+Batch convention (``dict[str, Tensor]``):
+
+* ``items``: LongTensor ``[B, L]``, sequences right-aligned (left-padded with 0);
+  0 is padding, real items are ``1..n_items``.
+* ``timestamps``: int64 ``[B, L]`` Unix seconds (0 at padding); present when the data has
+  times. Required by models with ``uses_time = True``.
+* ``time_scale``: optional ``[B]`` (int or float) seconds: the user's personal time scale
+  (smallest non-zero gap between two of the user's interactions).
+
+``forward(batch) -> [B, L, D]`` is causal (position ``i`` sees positions ``<= i`` only) and
+never reads padding; hidden states at padding positions are zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+class SequentialRecommender(nn.Module):
+    """Base class: tied-embedding scoring on top of a per-position hidden state.
+
+    Subclasses set ``config_class`` (a dataclass) and ``uses_time`` and implement
+    :meth:`forward` and :meth:`item_embedding_weight`; they may extend
+    :meth:`validate_config`.
+    """
+
+    config_class: ClassVar[type] = None  # type: ignore[assignment]
+    uses_time: ClassVar[bool] = False
+    registry_name: ClassVar[str] = ""  # set by @register_model
+
+    def __init__(self, n_items: int, config: Any = None):
+        super().__init__()
+        if config is None:
+            config = self.config_class()
+        if not isinstance(n_items, int) or n_items < 1:
+            raise ValueError(f"n_items must be a positive int, got {n_items!r}")
+        self.validate_config(config)
+        self.n_items = n_items
+        self.config = config
+
+    # --- configuration -------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        """Raise ``ValueError`` saying what to change if ``cfg`` is unusable."""
+        if cls.config_class is not None and not isinstance(cfg, cls.config_class):
+            raise ValueError(
+                f"{cls.__name__} expects a {cls.config_class.__name__}, got {type(cfg).__name__}"
+            )
+
+    @classmethod
+    def config_from_kwargs(cls, **kwargs: Any):
+        """Build ``config_class`` from a flat dict, ignoring keys it does not define."""
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        return cls.config_class(**{k: v for k, v in kwargs.items() if k in names})
+
+    # --- model ---------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
+        """Hidden state per position, ``[B, L, D]``."""
+        raise NotImplementedError
+
+    def item_embedding_weight(self) -> Tensor:  # pragma: no cover - abstract
+        """Item embedding table ``[n_items + 1, D]`` (row 0 = padding), tied to the output."""
+        raise NotImplementedError
+
+    # --- scoring -------------------------------------------------------------------------
+    def score_all(self, hidden: Tensor) -> Tensor:
+        """Scores of every item, ``[..., D] -> [..., n_items + 1]``.
+
+        Column 0 is the padding item; callers mask it (e.g. set it to ``-inf``).
+        """
+        return hidden @ self.item_embedding_weight().t()
+
+    def score_items(self, hidden: Tensor, items: Tensor) -> Tensor:
+        """Scores of chosen items: ``hidden [..., D]``, ``items [..., K]`` -> ``[..., K]``.
+
+        Equals ``score_all(hidden).gather(-1, items)`` without scoring every item.
+        ``items`` must have ``hidden``'s leading dims plus ``K`` (use ``K = 1`` for one
+        item per position: ``items[..., None]``).
+        """
+        if items.dim() != hidden.dim() or items.shape[:-1] != hidden.shape[:-1]:
+            raise ValueError(
+                f"score_items: items {tuple(items.shape)} must be hidden's leading dims "
+                f"{tuple(hidden.shape[:-1])} plus a candidate dim K"
+            )
+        emb = self.item_embedding_weight()[items]  # (..., K, D)
+        return (emb @ hidden.unsqueeze(-1)).squeeze(-1)
+
+    def predict(self, batch: dict[str, Tensor]) -> Tensor:
+        """Scores ``[B, n_items + 1]`` of the item following the last position."""
+        return self.score_all(self.forward(batch)[:, -1])
+
+
+def init_transformer_weights(module: nn.Module, std: float) -> None:
+    """Initialisation shared by the transformer models (applied with ``Module.apply``).
+
+    * ``Linear``: Xavier-uniform weight, zero bias (as in the SASRec/TiSASRec code bases,
+      which Xavier-initialise their parameters);
+    * ``Embedding``: ``Normal(0, std)`` and a zero padding row (the models pass
+      ``std = D ** -0.5``, so item vectors start with unit expected norm and, after the
+      ``sqrt(D)`` input scaling, unit-variance components);
+    * ``LayerNorm``: weight 1, bias 0.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

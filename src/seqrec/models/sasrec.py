@@ -1,0 +1,136 @@
+"""SASRec: Self-Attentive Sequential Recommendation (Kang & McAuley, ICDM 2018).
+
+Design (see also docs in :mod:`seqrec.models.base` and :mod:`seqrec.models.layers`):
+
+* **Input**: ``E[item] * sqrt(D) + P[pos]``, embedding dropout, then padding positions are
+  zeroed (multiplied by the non-pad mask), as in the reference code.
+* **Positions are counted from the right end**: in a window of length ``L`` position ``i``
+  gets index ``L - 1 - i`` (the last element is always 0). With right-aligned, left-padded
+  windows this equals the original fixed-``maxlen`` indexing (where the last element is
+  always ``maxlen - 1``), and it makes hidden states independent of how much left padding
+  a batch carries (e.g. batches trimmed to their longest sequence). ``L <= maxlen``.
+* **Blocks**: ``[residual(causal MHA), residual(point-wise FFN)]``, pre-LN
+  (``x + f(LN(x))``, ``norm_first=True``, the SASRec code's placement) or post-LN
+  (``LN(x + f(x))``); padding positions are zeroed after every block. Keys, values and
+  queries all come from the same normalised input (the TF code's residual added the
+  *normalised* query instead of ``x``; we use the standard pre-LN form).
+* **Output**: a final LayerNorm in pre-LN mode (post-LN outputs are already normalised),
+  padding rows zero; item scores use the (tied) input item embeddings.
+* **Init**: see :func:`seqrec.models.base.init_transformer_weights`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from seqrec.models.base import SequentialRecommender, init_transformer_weights
+from seqrec.models.layers.attention import ATTN_IMPLS, CausalSelfAttention, causal_padding_mask
+from seqrec.models.layers.feedforward import ACTIVATIONS, PointWiseFeedForward
+from seqrec.models.layers.residual import Residual, TransformerBlock, apply_mask
+from seqrec.models.registry import register_model
+
+
+@dataclass
+class SASRecConfig:
+    hidden_units: int = 50
+    num_blocks: int = 2
+    num_heads: int = 2
+    dropout_rate: float = 0.2
+    maxlen: int = 200
+    norm_first: bool = True  # pre-LN (True) or post-LN (False)
+    attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (readable reference)
+    activation: str = "relu"  # feed-forward activation: "relu" (paper) or "gelu"
+
+
+def check_transformer_config(cfg: SASRecConfig) -> None:
+    """Checks shared by the transformer models; messages name the flag to change."""
+    for name in ("hidden_units", "num_blocks", "num_heads", "maxlen"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}: change --{name}")
+    if cfg.hidden_units % cfg.num_heads != 0:
+        raise ValueError(
+            f"hidden_units ({cfg.hidden_units}) must be divisible by num_heads "
+            f"({cfg.num_heads}): change --num_heads or --hidden_units"
+        )
+    if not 0.0 <= float(cfg.dropout_rate) < 1.0:
+        raise ValueError(
+            f"dropout_rate must be in [0, 1), got {cfg.dropout_rate!r}: change --dropout_rate"
+        )
+    if cfg.attn_impl not in ATTN_IMPLS:
+        raise ValueError(
+            f"attn_impl must be one of {ATTN_IMPLS}, got {cfg.attn_impl!r}: change --attn_impl"
+        )
+    if cfg.activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {tuple(sorted(ACTIVATIONS))}, got {cfg.activation!r}: "
+            "change --activation"
+        )
+
+
+def right_positions(length: int, maxlen: int, device: torch.device) -> Tensor:
+    """Position indices ``[L]`` counted from the right end: ``L-1, ..., 1, 0``."""
+    if length > maxlen:
+        raise ValueError(
+            f"sequence length {length} exceeds maxlen {maxlen}: truncate batches to "
+            f"--maxlen or raise --maxlen"
+        )
+    return torch.arange(length - 1, -1, -1, device=device)
+
+
+@register_model("sasrec")
+class SASRec(SequentialRecommender):
+    """SASRec. ``SASRec(n_items, SASRecConfig(...))``; see module docstring."""
+
+    config_class = SASRecConfig
+    uses_time = False
+    residual_cls: type[nn.Module] = Residual
+
+    def __init__(self, n_items: int, config: SASRecConfig | None = None, residual_cls=None):
+        super().__init__(n_items, config)
+        c = self.config
+        d = c.hidden_units
+        if residual_cls is not None:
+            self.residual_cls = residual_cls
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(c.maxlen, d)
+        self.emb_dropout = nn.Dropout(c.dropout_rate)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                CausalSelfAttention(d, c.num_heads, c.dropout_rate, c.attn_impl),
+                PointWiseFeedForward(d, d, c.dropout_rate, c.activation),
+                d,
+                norm_first=c.norm_first,
+                residual_cls=self.residual_cls,
+            )
+            for _ in range(c.num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()
+        self.apply(partial(init_transformer_weights, std=d**-0.5))
+
+    @classmethod
+    def validate_config(cls, cfg: SASRecConfig) -> None:
+        super().validate_config(cfg)
+        check_transformer_config(cfg)
+
+    def item_embedding_weight(self) -> Tensor:
+        return self.item_emb.weight
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        items = batch["items"]  # (B, L)
+        B, L = items.shape
+        valid = items != 0  # (B, L)
+        pos = right_positions(L, self.config.maxlen, items.device)  # (L,)
+        h = self.item_emb(items) * math.sqrt(self.config.hidden_units) + self.pos_emb(pos)
+        h = apply_mask(self.emb_dropout(h), valid)  # (B, L, D)
+        attn_mask = causal_padding_mask(valid)  # (B, 1, L, L)
+        x = self.residual_cls.expand_streams(h)
+        for block in self.blocks:
+            x = block(x, valid, attn_mask=attn_mask)
+        h = self.residual_cls.reduce_streams(x)
+        return apply_mask(self.final_norm(h), valid)  # (B, L, D)
