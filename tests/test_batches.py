@@ -23,15 +23,26 @@ def test_train_batch_matches_reference():
     b = SequenceBatcher(item, ts, offsets, loo.train_end, maxlen=5)
     users = b.train_users()
     batch = b.train_batch(users)
+    L = batch["items"].shape[1]
+    assert L == min(5, max(loo.train_end[u - 1] - offsets[u] - 1 for u in users))
     for row, u in enumerate(users):
         s, e = offsets[u], loo.train_end[u - 1]
         seq, tseq = item[s:e], ts[s:e]
-        inp, tgt, tin = seq[:-1][-5:], seq[1:][-5:], tseq[:-1][-5:]
-        pad = 5 - len(inp)
+        inp, tgt, tin = seq[:-1][-L:], seq[1:][-L:], tseq[:-1][-L:]
+        pad = L - len(inp)
         assert batch["items"][row].tolist() == [0] * pad + inp.tolist()
         assert batch["targets"][row].tolist() == [0] * pad + tgt.tolist()
         assert batch["timestamps"][row].tolist() == [0] * pad + tin.tolist()
-        assert batch["next_timestamps"][row].tolist() == [0] * pad + tseq[1:][-5:].tolist()
+        assert batch["next_timestamps"][row].tolist() == [0] * pad + tseq[1:][-L:].tolist()
+
+
+def test_windows_are_trimmed_to_the_longest_sequence():
+    offsets = np.array([0, 0, 3, 5])
+    item = np.arange(1, 6)
+    b = SequenceBatcher(item, np.arange(5), offsets, np.array([3, 5]), maxlen=50)
+    batch = b.train_batch(np.array([1, 2]))
+    assert batch["items"].tolist() == [[1, 2], [0, 4]]
+    assert batch["targets"].tolist() == [[2, 3], [0, 5]]
 
 
 def test_eval_batch_and_history():
@@ -42,11 +53,12 @@ def test_eval_batch_and_history():
     pos = loo.test_pos[users - 1]
     batch = b.eval_batch(users, pos)
     hoff, hitems = b.history(users, pos)
+    L = batch["items"].shape[1]
     for row, u in enumerate(users):
         s = offsets[u]
         seq = item[s : pos[row]]
-        pad = max(0, 4 - len(seq))
-        assert batch["items"][row].tolist() == [0] * pad + seq[-4:].tolist()
+        pad = max(0, L - len(seq))
+        assert batch["items"][row].tolist() == [0] * pad + seq[-L:].tolist()
         # the last input's "next" timestamp is the target's
         assert batch["next_timestamps"][row, -1] == ts[pos[row]]
         assert hitems[hoff[row] : hoff[row + 1]].tolist() == seq.tolist()

@@ -22,8 +22,15 @@ import numpy as np
 import torch
 
 
-def window_positions(start: np.ndarray, end: np.ndarray, maxlen: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat positions [B, L] of the window ending before ``end`` and its validity mask."""
+def window_positions(start: np.ndarray, end: np.ndarray, maxlen: int, trim: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions [B, L] of the window ending before ``end`` and its validity mask.
+
+    With ``trim``, leading columns that are padding in every row are dropped (L <= maxlen):
+    models index positions from the right end, so this changes no output and saves the
+    work on padding when a batch's sequences are all shorter than ``maxlen``.
+    """
+    if trim and len(end):
+        maxlen = int(max(1, min(maxlen, (end - start).max())))
     idx = end[:, None] - maxlen + np.arange(maxlen)[None, :]
     valid = idx >= start[:, None]
     return np.where(valid, idx, 0), valid
@@ -71,6 +78,30 @@ class SequenceBatcher:
     def train_users(self) -> np.ndarray:
         """User ids (1-based) with at least one (input, target) pair in their train part."""
         return np.flatnonzero(self.train_end - self.start >= 2).astype(np.int64) + 1
+
+    def train_lengths(self, users: np.ndarray) -> np.ndarray:
+        """Number of (input, target) pairs of each user's training sequence (capped at maxlen)."""
+        return np.minimum(self.train_end[users - 1] - self.start[users - 1] - 1, self.maxlen)
+
+    def epoch_batches(self, users: np.ndarray, batch_size: int, rng: np.random.Generator,
+                      bucket: int = 0) -> list[np.ndarray]:
+        """One epoch of user batches in random order.
+
+        ``bucket > 0``: users are shuffled, cut into chunks of ``bucket`` batches, sorted by
+        length inside each chunk, batched, and the batches shuffled -- every batch then holds
+        sequences of similar length, and trimmed windows skip most of the padding (attention
+        cost is quadratic in the window). ``bucket = 0``: plain shuffled batches.
+        """
+        order = rng.permutation(users)
+        if bucket <= 0:
+            return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        lengths = self.train_lengths(order)
+        chunk = batch_size * bucket
+        batches = []
+        for i in range(0, len(order), chunk):
+            c = order[i : i + chunk][np.argsort(lengths[i : i + chunk], kind="stable")]
+            batches += [c[j : j + batch_size] for j in range(0, len(c), batch_size)]
+        return [batches[k] for k in rng.permutation(len(batches))]
 
     def train_batch(self, users: np.ndarray) -> dict[str, torch.Tensor]:
         """All positions of each user's training sequence: inputs are rows

@@ -61,6 +61,7 @@ ARGUMENTS: list[Arg] = [
     Arg("amp", "auto", "mixed precision on CUDA: auto (bf16 when supported), bf16, fp16, off", str,
         ("auto", "bf16", "fp16", "off")),
     Arg("norm_first", True, "pre-LN blocks (post-LN when false)", None),
+    Arg("length_bucketing", 32, "batch users of similar length within chunks of this many batches (0: plain shuffle)"),
     Arg("seed", 42, "random seed (model init, data order, negatives)"),
     Arg("patience", 20, "stop after this many evaluations without validation improvement (0 disables)"),
     Arg("eval_every", 1, "evaluate on the validation set every this many epochs"),

@@ -41,6 +41,10 @@ def evaluate(
     model.eval()
     users = np.asarray(users, dtype=np.int64)
     target_pos = np.asarray(target_pos, dtype=np.int64)
+    # Rows sorted by history length: each batch's window is trimmed to its longest history,
+    # so short users don't pay for maxlen. Metrics are means over users: order-free.
+    order = np.argsort(target_pos - batcher.start[users - 1], kind="stable")
+    users, target_pos = users[order], target_pos[order]
     targets = torch.from_numpy(batcher.item[target_pos].astype(np.int64))
     history = batcher.history(users, target_pos)
 
@@ -62,7 +66,8 @@ def evaluate(
             from ..eval import gather_scorer
 
             return sampled(gather_scorer(score_fn), users, targets, n_negatives=n_negatives, sampler=sampler,
-                           item_popularity=item_popularity, history=history, seed=seed, ks=ks,
+                           item_popularity=item_popularity, n_items=model.n_items, history=history,
+                           exclude_history=True, seed=seed, ks=ks,
                            batch_size=batch_size)
         raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'sampled'")
     finally:

@@ -164,15 +164,13 @@ def train(cfg: dict, log=print) -> dict:
     stop = False
     for epoch in range(1, cfg["num_epochs"] + 1):
         model.train()
-        order = rng.permutation(train_users)
+        batches = batcher.epoch_batches(train_users, cfg["batch_size"], rng, bucket=cfg["length_bucketing"])
         t_epoch, total_loss, n_seq = time.perf_counter(), 0.0, 0
-        bar = tqdm(range(0, len(order), cfg["batch_size"]), desc=f"epoch {epoch}", leave=False,
-                   disable=not cfg["progress"], unit="batch")
-        for i in bar:
-            users = order[i : i + cfg["batch_size"]]
+        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg["progress"], unit="batch")
+        for users in bar:
             batch = batcher.train_batch(users)
             if neg_kind == "per_position":
-                batch["negatives"] = torch.from_numpy(sampler.sample(users, (cfg["maxlen"],), rng))
+                batch["negatives"] = torch.from_numpy(sampler.sample(users, tuple(batch["targets"].shape[1:]), rng))
             elif neg_kind == "shared":
                 batch["negatives"] = torch.from_numpy(rng.integers(1, ds.n_items + 1, size=cfg["num_negatives"]))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
