@@ -37,3 +37,9 @@ def shared_file(shared_data):
         return path
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def _isolated_seqrec_home(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's ~/.cache/seqrec."""
+    monkeypatch.setenv("SEQREC_HOME", str(tmp_path_factory.getbasetemp() / "seqrec_home"))
