@@ -1,0 +1,161 @@
+"""Trainer: LR schedule, config precedence and errors, losses, reproducibility, end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from seqrec.cli import main
+from seqrec.data.datasets import prepare_dataset
+from seqrec.models import build_model
+from seqrec.train.config import ARGUMENTS, resolve_config, validate_config
+from seqrec.train.losses import LOSSES, get_loss
+from seqrec.train.trainer import lr_lambda, train
+
+SEED_TABLE = {  # the SASRec.pytorch seed's argument table and defaults
+    "batch_size": 128, "lr": 0.001, "lr_decay_step": 1000, "lr_decay_rate": 0.95, "warmup_steps": 100,
+    "maxlen": 200, "hidden_units": 50, "num_blocks": 2, "num_heads": 2, "dropout_rate": 0.2, "l2_emb": 0.0,
+    "no_time": False, "no_mhc": False, "mhc_expansion_rate": 4, "mhc_sinkhorn_iter": 20, "mhc_init_gate": 0.01,
+    "mhc_no_amp": False, "time_span": 100, "time_unit": "hour", "num_epochs": 1000,
+}
+
+
+def test_every_seed_argument_has_its_default():
+    defaults = {a.name: a.default for a in ARGUMENTS}
+    for k, v in SEED_TABLE.items():
+        assert defaults[k] == v, k
+    assert "dataset" in defaults and "train_dir" in defaults and "device" in defaults
+
+
+def test_lr_schedule_warmup_then_step_decay():
+    f = lr_lambda(warmup_steps=10, steps_per_epoch=5, decay_step=2, decay_rate=0.5)
+    assert f(0) == pytest.approx(0.1)
+    assert f(4) == pytest.approx(0.5)
+    assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(0.5)  # epoch 2 -> first decay
+    assert f(19) == pytest.approx(0.5) and f(20) == pytest.approx(0.25)
+    g = lr_lambda(0, 5, 1000, 0.95)
+    assert g(0) == 1.0 and g(4999) == 1.0 and g(5000) == pytest.approx(0.95)
+
+
+def test_config_precedence_yaml_then_cli(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"lr": 0.01, "maxlen": 77, "no_time": True}))
+    cfg = resolve_config({"config": str(cfg_file), "maxlen": 33})
+    assert cfg["lr"] == 0.01 and cfg["maxlen"] == 33 and cfg["model"] == "sasrec"
+    assert cfg["batch_size"] == 128
+    assert resolve_config({})["model"] == "tisasrec"
+    assert resolve_config({"no_mhc": True})["mhc"] is False
+    cfg_file.write_text(yaml.safe_dump({"hiden_units": 64}))
+    with pytest.raises(ValueError, match="did you mean 'hidden_units'"):
+        resolve_config({"config": str(cfg_file)})
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"hidden_units": 50, "num_heads": 3}, "divisible by num_heads"),
+    ({"time_unit": "week"}, "--time_unit must be one of"),
+    ({"dropout_rate": 1.5}, "dropout_rate"),
+    ({"metric": "auc"}, "--metric"),
+    ({"maxlen": 0}, "--maxlen must be a positive integer"),
+])
+def test_invalid_configs_fail_with_advice(override, message):
+    cfg = resolve_config({"dataset": "x", "train_dir": "y", **override})
+    with pytest.raises(ValueError, match=message):
+        validate_config(cfg)
+
+
+def test_cli_errors_before_training(tmp_path, capsys):
+    rc = main(["train", "--dataset", "no-such-data", "--train_dir", str(tmp_path / "r"), "--no_time", "--no_mhc"])
+    assert rc == 2 and "unknown dataset" in capsys.readouterr().err
+    rc = main(["train", "--dataset", "x", "--train_dir", str(tmp_path / "r"), "--hidden_units", "50",
+               "--num_heads", "3"])
+    assert rc == 2 and "change --num_heads" in capsys.readouterr().err
+
+
+def _tiny_model(n_items=20):
+    torch.manual_seed(0)
+    return build_model("sasrec", n_items=n_items, hidden_units=16, num_heads=1, maxlen=6, dropout_rate=0.0)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_losses_ignore_padding_positions(loss):
+    m = _tiny_model()
+    items = torch.tensor([[0, 0, 1, 2, 3, 4], [0, 5, 6, 7, 8, 9]])
+    targets = torch.tensor([[0, 0, 2, 3, 4, 5], [0, 6, 7, 8, 9, 10]])
+    negs = torch.randint(11, 21, (2, 6))
+    shared = torch.arange(11, 21)
+    fn = get_loss(loss)
+    kw = {"negatives": shared if loss == "sampled_softmax" else negs}
+    h = m({"items": items})
+    base = fn(m, h, targets, **kw)
+    assert torch.isfinite(base)
+    h2 = h.clone()
+    h2[targets == 0] = 1e3  # garbage where there is no target: must not matter
+    assert torch.allclose(fn(m, h2, targets, **kw), base)
+
+
+def test_ce_loss_matches_manual_softmax():
+    m = _tiny_model()
+    h = torch.randn(2, 3, 16)
+    targets = torch.tensor([[1, 2, 0], [4, 0, 6]])
+    logits = h @ m.item_embedding_weight().T
+    mask = targets > 0
+    lg = logits[mask][:, 1:]
+    expected = torch.nn.functional.cross_entropy(lg, targets[mask] - 1)
+    assert torch.allclose(get_loss("ce")(m, h, targets), expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def synthetic_ds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn") / "ds"
+    return prepare_dataset("synthetic", out=out, log=None,
+                           synthetic_kwargs={"n_users": 300, "n_items": 80, "seed": 1, "mean_length": 20, "max_length": 40})
+
+
+def _cfg(ds, run_dir, **kw):
+    cli = {"dataset": str(ds.path), "train_dir": str(run_dir), "no_mhc": True, "maxlen": 20, "hidden_units": 32,
+           "num_heads": 2, "batch_size": 64, "num_epochs": 4, "warmup_steps": 0, "lr": 0.005, "progress": False,
+           "eval_negatives": 20, "patience": 0, "device": "cpu", **kw}
+    return resolve_config(cli)
+
+
+def test_train_end_to_end_learns_and_writes_run_folder(synthetic_ds, tmp_path):
+    torch.set_num_threads(1)
+    res = train(_cfg(synthetic_ds, tmp_path / "run", model="sasrec", loss="ce"), log=lambda *_: None)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "best.pt", "last.pt", "test_metrics.json"} <= files
+    saved = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert saved["test_full"]["hr@10"] == pytest.approx(res["test_full"]["hr@10"])
+    # chains make the next item predictable: far above a random ranking (10/80)
+    assert res["test_full"]["hr@10"] > 0.35
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [x for x in lines if x["kind"] == "epoch"]
+    assert len(epochs) == 4 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert lines[-1]["kind"] == "test"
+    # the test set is evaluated once, with the best validation epoch's weights
+    best = max(epochs, key=lambda e: e["valid_ndcg@10"])
+    assert res["best_epoch"] == best["epoch"]
+    assert res["valid_full"]["ndcg@10"] == pytest.approx(best["valid_ndcg@10"], abs=1e-9)
+
+
+def test_training_is_reproducible_with_a_seed(synthetic_ds, tmp_path):
+    torch.set_num_threads(1)
+    kw = dict(model="tisasrec", loss="bce", num_epochs=2)
+    a = train(_cfg(synthetic_ds, tmp_path / "a", **kw), log=lambda *_: None)
+    b = train(_cfg(synthetic_ds, tmp_path / "b", **kw), log=lambda *_: None)
+    c = train(_cfg(synthetic_ds, tmp_path / "c", seed=7, **kw), log=lambda *_: None)
+    assert a["test_full"] == b["test_full"] and a["test_sampled"] == b["test_sampled"]
+    assert a["test_full"] != c["test_full"]
+
+
+def test_evaluate_command_reproduces_final_metrics(synthetic_ds, tmp_path, capsys):
+    torch.set_num_threads(1)
+    res = train(_cfg(synthetic_ds, tmp_path / "run", model="sasrec", loss="bce", num_epochs=1), log=lambda *_: None)
+    assert main(["evaluate", str(tmp_path / "run"), "--negatives", "20", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    payload = json.loads(out.strip().splitlines()[-1])
+    assert payload["full"]["hr@10"] == pytest.approx(res["test_full"]["hr@10"])
+    assert payload["sampled"]["ndcg@10"] == pytest.approx(res["test_sampled"]["ndcg@10"])
+    assert math.isfinite(payload["full"]["mrr@10"])
