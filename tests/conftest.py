@@ -11,6 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Test tensors are tiny: one thread avoids OpenMP spin overhead (and oversubscription when
+# the two cores are shared with other work).
+torch.set_num_threads(1)
 
 
 def shared_data_root() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def cmd_train(args) -> int:
 
     cli = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     cfg = resolve_config(cli)
-    train(cfg)
+    train(cfg, log=functools.partial(print, flush=True))
     return 0
 
 
@@ -137,6 +138,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="table of several runs' settings and test metrics")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--markdown", help="also write the table to this Markdown file")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from .track.compare import load_runs, to_csv, to_markdown
+    from .utils.io import atomic_path
+
+    rows = load_runs(args.runs)
+    table = to_markdown(rows)
+    print(table)
+    for path, text in ((args.markdown, table + "\n"), (args.csv, to_csv(rows))):
+        if path:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqrec",
@@ -150,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_prepare, _add_info, _add_export, _add_train, _add_evaluate]
+_COMMANDS = [_add_prepare, _add_info, _add_export, _add_train, _add_evaluate, _add_compare]
 
 
 def main(argv: list[str] | None = None) -> int:

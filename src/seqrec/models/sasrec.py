@@ -14,6 +14,11 @@ Design (see also docs in :mod:`seqrec.models.base` and :mod:`seqrec.models.layer
   (``LN(x + f(x))``); padding positions are zeroed after every block. Keys, values and
   queries all come from the same normalised input (the TF code's residual added the
   *normalised* query instead of ``x``; we use the standard pre-LN form).
+* **mHC** (``mhc=True``, :mod:`seqrec.models.layers.mhc`): every residual becomes a
+  Manifold-Constrained Hyper-Connection over ``mhc_expansion_rate`` streams; the embedding
+  is copied into the streams before the first block and the streams are averaged after
+  the last one (before the final norm). With the initial gates at 0 the model computes
+  the plain model's function (exactly for one stream).
 * **Output**: a final LayerNorm in pre-LN mode (post-LN outputs are already normalised),
   padding rows zero; item scores use the (tied) input item embeddings.
 * **Init**: see :func:`seqrec.models.base.init_transformer_weights`.
@@ -31,7 +36,13 @@ from torch import Tensor, nn
 from seqrec.models.base import SequentialRecommender, init_transformer_weights
 from seqrec.models.layers.attention import ATTN_IMPLS, CausalSelfAttention, causal_padding_mask
 from seqrec.models.layers.feedforward import ACTIVATIONS, PointWiseFeedForward
-from seqrec.models.layers.residual import Residual, TransformerBlock, apply_mask
+from seqrec.models.layers.mhc import check_mhc_config, residual_from_config
+from seqrec.models.layers.residual import (
+    Residual,
+    ResidualFactory,
+    TransformerBlock,
+    apply_mask,
+)
 from seqrec.models.registry import register_model
 
 
@@ -45,6 +56,12 @@ class SASRecConfig:
     norm_first: bool = True  # pre-LN (True) or post-LN (False)
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (readable reference)
     activation: str = "relu"  # feed-forward activation: "relu" (paper) or "gelu"
+    # mHC (Manifold-Constrained Hyper-Connections, seqrec.models.layers.mhc)
+    mhc: bool = False  # replace every residual by an mHC hyper-connection
+    mhc_expansion_rate: int = 4  # number of parallel residual streams n
+    mhc_sinkhorn_iter: int = 20  # Sinkhorn-Knopp iterations for H_res
+    mhc_init_gate: float = 0.01  # initial value of the dynamic gates alpha
+    mhc_no_amp: bool = False  # coefficients and Sinkhorn in float32 under autocast
 
 
 def check_transformer_config(cfg: SASRecConfig) -> None:
@@ -71,6 +88,7 @@ def check_transformer_config(cfg: SASRecConfig) -> None:
             f"activation must be one of {tuple(sorted(ACTIVATIONS))}, got {cfg.activation!r}: "
             "change --activation"
         )
+    check_mhc_config(cfg)
 
 
 def right_positions(length: int, maxlen: int, device: torch.device) -> Tensor:
@@ -89,14 +107,18 @@ class SASRec(SequentialRecommender):
 
     config_class = SASRecConfig
     uses_time = False
-    residual_cls: type[nn.Module] = Residual
+    residual_cls: ResidualFactory | type[nn.Module] = Residual  # default without mHC
 
     def __init__(self, n_items: int, config: SASRecConfig | None = None, residual_cls=None):
         super().__init__(n_items, config)
         c = self.config
         d = c.hidden_units
         if residual_cls is not None:
+            if c.mhc:
+                raise ValueError("pass either residual_cls or a config with mhc=True, not both")
             self.residual_cls = residual_cls
+        elif c.mhc:
+            self.residual_cls = residual_from_config(c)  # HyperConnection factory
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(c.maxlen, d)
         self.emb_dropout = nn.Dropout(c.dropout_rate)

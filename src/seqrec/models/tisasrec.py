@@ -9,7 +9,8 @@ added to the input, as in the paper), ``RK, RV`` interval embeddings with
 ``time_span + 1`` rows. ``PK, PV, RK, RV`` are shared by all blocks (as in the reference
 code). Positions are counted from the right end of the window, exactly as in
 :mod:`seqrec.models.sasrec`, as are the pre-/post-LN placement, the causal/padding mask,
-the final LayerNorm and the initialisation.
+the final LayerNorm, the initialisation and the optional mHC residual (``mhc=True``, see
+:mod:`seqrec.models.layers.mhc`).
 
 Relation matrix (:func:`time_interval_matrix`, built on the fly, vectorised):
 
@@ -50,7 +51,13 @@ from torch import Tensor, nn
 from seqrec.models.base import SequentialRecommender, init_transformer_weights
 from seqrec.models.layers.attention import TimeIntervalSelfAttention, causal_padding_mask
 from seqrec.models.layers.feedforward import PointWiseFeedForward
-from seqrec.models.layers.residual import Residual, TransformerBlock, apply_mask
+from seqrec.models.layers.mhc import residual_from_config
+from seqrec.models.layers.residual import (
+    Residual,
+    ResidualFactory,
+    TransformerBlock,
+    apply_mask,
+)
 from seqrec.models.registry import register_model
 from seqrec.models.sasrec import SASRecConfig, check_transformer_config, right_positions
 
@@ -128,14 +135,18 @@ class TiSASRec(SequentialRecommender):
 
     config_class = TiSASRecConfig
     uses_time = True
-    residual_cls: type[nn.Module] = Residual
+    residual_cls: ResidualFactory | type[nn.Module] = Residual  # default without mHC
 
     def __init__(self, n_items: int, config: TiSASRecConfig | None = None, residual_cls=None):
         super().__init__(n_items, config)
         c = self.config
         d = c.hidden_units
         if residual_cls is not None:
+            if c.mhc:
+                raise ValueError("pass either residual_cls or a config with mhc=True, not both")
             self.residual_cls = residual_cls
+        elif c.mhc:
+            self.residual_cls = residual_from_config(c)  # HyperConnection factory
         self.unit_seconds = TIME_UNITS[c.time_unit]
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_k_emb = nn.Embedding(c.maxlen, d)

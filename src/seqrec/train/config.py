@@ -71,6 +71,7 @@ ARGUMENTS: list[Arg] = [
     Arg("eval_negatives", 100, "sampled protocol: negatives per user at test time (0 skips it)"),
     Arg("max_steps", 0, "stop after this many optimizer steps in all (0: no limit)"),
     Arg("log_every", 50, "log training loss every this many steps"),
+    Arg("num_threads", 0, "CPU threads for torch (0: torch's default, one per core)"),
     Arg("progress", True, "show progress bars", None),
 ]
 

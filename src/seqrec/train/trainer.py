@@ -74,14 +74,23 @@ def lr_lambda(warmup_steps: int, steps_per_epoch: int, decay_step: int, decay_ra
 
 
 def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """Adam (betas 0.9, 0.98) or AdamW.
+
+    ``l2_emb`` is an L2 penalty on the item embedding (Adam's coupled weight decay on that
+    tensor). With AdamW, ``weight_decay`` applies to weight matrices only: not to the
+    embedding's L2 group, biases, norms or mHC's static biases/gates (``bias`` in the name).
+    """
     emb = model.item_embedding_weight()
-    others = [p for p in model.parameters() if p is not emb and p.requires_grad]
-    groups = [{"params": others}, {"params": [emb], "weight_decay": cfg["l2_emb"]}]
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p is emb or not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "bias" in name or "alpha" in name else decay).append(p)
+    wd = cfg["weight_decay"] if cfg["optimizer"] == "adamw" else 0.0
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0},
+              {"params": [emb], "weight_decay": cfg["l2_emb"]}]
     if cfg["optimizer"] == "adamw":
-        groups[0]["weight_decay"] = cfg["weight_decay"]
-        groups[1]["weight_decay"] = cfg["weight_decay"] + cfg["l2_emb"]
         return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.98))
-    # Adam's coupled weight decay is exactly an L2 penalty on the embedding (l2_emb).
     return torch.optim.Adam(groups, lr=cfg["lr"], betas=(0.9, 0.98))
 
 
@@ -123,6 +132,8 @@ def train(cfg: dict, log=print) -> dict:
     cfg_fields = set(model_cls.config_class.__dataclass_fields__)
     if cfg.get("mhc") and "mhc" not in cfg_fields:
         raise ValueError(f"model {cfg['model']!r} has no mHC variant: pass --no_mhc")
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg["num_threads"])
     seed_everything(cfg["seed"])
     device = pick_device(cfg["device"])
     run_dir = Path(cfg["train_dir"])

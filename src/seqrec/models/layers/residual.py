@@ -1,25 +1,41 @@
 """Residual connections and the transformer block that composes them.
 
 The residual connection is a seam: :class:`TransformerBlock` receives the residual class
-as a parameter (``residual_cls``), so a different scheme -- e.g. Manifold-Constrained
-Hyper-Connections, which keep ``n`` parallel residual streams -- can replace
-:class:`Residual` without touching attention, feed-forward or the models.
+(or factory) as a parameter (``residual_cls``), so a different scheme -- e.g.
+Manifold-Constrained Hyper-Connections (:mod:`seqrec.models.layers.mhc`), which keep ``n``
+parallel residual streams -- can replace :class:`Residual` without touching attention,
+feed-forward or the models.
 
-A replacement must provide:
+``residual_cls`` is anything with (see :class:`ResidualFactory`):
 
-* ``__init__(sublayer: nn.Module, dim: int, norm_first: bool)``;
-* ``forward(x, **kwargs)`` that calls ``sublayer(h, **kwargs)`` on a ``[B, L, D]`` tensor
-  ``h`` and returns something shaped like ``x``;
-* classmethods ``expand_streams(h [B, L, D])`` (called once on the embeddings, before the
-  first block) and ``reduce_streams(x) -> [B, L, D]`` (called once after the last block).
-  For the plain residual both are the identity; a multi-stream scheme would map
-  ``[B, L, D] <-> [B, L, n, D]`` here. Models zero padding positions with
+* a call ``residual_cls(sublayer: nn.Module, dim: int, norm_first: bool)`` returning a
+  module -- a class such as :class:`Residual`, or a configured factory object such as
+  :class:`~seqrec.models.layers.mhc.HyperConnectionFactory` (used when the scheme has
+  hyper-parameters, e.g. the stream count ``n``, that ``expand_streams`` needs too);
+  the module's ``forward(x, **kwargs)`` calls ``sublayer(h, **kwargs)`` on a
+  ``[B, L, D]`` tensor ``h`` and returns something shaped like ``x``;
+* ``expand_streams(h [B, L, D])`` (called once on the embeddings, before the first block)
+  and ``reduce_streams(x) -> [B, L, D]`` (called once after the last block), classmethods
+  or methods. For the plain residual both are the identity; mHC maps
+  ``[B, L, D] <-> [B, L, n, D]`` here (copies / mean). Models zero padding positions with
   :func:`apply_mask`, which broadcasts over any trailing stream dimensions.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from torch import Tensor, nn
+
+
+class ResidualFactory(Protocol):
+    """What ``residual_cls`` must provide (see the module docstring)."""
+
+    def __call__(self, sublayer: nn.Module, dim: int, norm_first: bool) -> nn.Module: ...
+
+    def expand_streams(self, h: Tensor) -> Tensor: ...
+
+    def reduce_streams(self, x: Tensor) -> Tensor: ...
 
 
 def apply_mask(x: Tensor, valid: Tensor) -> Tensor:
@@ -64,7 +80,7 @@ class TransformerBlock(nn.Module):
         ffn: nn.Module,
         dim: int,
         norm_first: bool = True,
-        residual_cls: type[nn.Module] = Residual,
+        residual_cls: ResidualFactory | type[nn.Module] = Residual,
     ):
         super().__init__()
         self.attn = residual_cls(attn, dim, norm_first)

@@ -1,0 +1,1 @@
+"""Tracking: run comparison and reports."""
