@@ -33,8 +33,9 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from seqrec.models.layers.dropout import Dropout
 from seqrec.models.base import SequentialRecommender, init_transformer_weights
-from seqrec.models.layers.attention import ATTN_IMPLS, CausalSelfAttention, causal_padding_mask
+from seqrec.models.layers.attention import ATTN_IMPLS, CausalSelfAttention, additive_mask, causal_padding_mask
 from seqrec.models.layers.feedforward import ACTIVATIONS, PointWiseFeedForward
 from seqrec.models.layers.mhc import check_mhc_config, residual_from_config
 from seqrec.models.layers.residual import (
@@ -121,7 +122,7 @@ class SASRec(SequentialRecommender):
             self.residual_cls = residual_from_config(c)  # HyperConnection factory
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(c.maxlen, d)
-        self.emb_dropout = nn.Dropout(c.dropout_rate)
+        self.emb_dropout = Dropout(c.dropout_rate)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 CausalSelfAttention(d, c.num_heads, c.dropout_rate, c.attn_impl),
@@ -150,7 +151,7 @@ class SASRec(SequentialRecommender):
         pos = right_positions(L, self.config.maxlen, items.device)  # (L,)
         h = self.item_emb(items) * math.sqrt(self.config.hidden_units) + self.pos_emb(pos)
         h = apply_mask(self.emb_dropout(h), valid)  # (B, L, D)
-        attn_mask = causal_padding_mask(valid)  # (B, 1, L, L)
+        attn_mask = additive_mask(causal_padding_mask(valid))  # (B, 1, L, L), 0 / -inf
         x = self.residual_cls.expand_streams(h)
         for block in self.blocks:
             x = block(x, valid, attn_mask=attn_mask)

@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqrec.models.layers.dropout import Dropout, dropout
 from seqrec.models.base import SequentialRecommender, init_transformer_weights
 from seqrec.models.layers.attention import TimeIntervalSelfAttention, causal_padding_mask
 from seqrec.models.layers.feedforward import PointWiseFeedForward
@@ -153,7 +153,7 @@ class TiSASRec(SequentialRecommender):
         self.pos_v_emb = nn.Embedding(c.maxlen, d)
         self.rel_k_emb = nn.Embedding(c.time_span + 1, d)
         self.rel_v_emb = nn.Embedding(c.time_span + 1, d)
-        self.emb_dropout = nn.Dropout(c.dropout_rate)
+        self.emb_dropout = Dropout(c.dropout_rate)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 TimeIntervalSelfAttention(d, c.num_heads, c.dropout_rate, c.attn_impl),
@@ -213,10 +213,10 @@ class TiSASRec(SequentialRecommender):
         relation = self.relation_matrix(batch, valid)  # (B, L, L)
         pos = right_positions(L, c.maxlen, items.device)  # (L,)
         h = apply_mask(self.emb_dropout(self.item_emb(items) * math.sqrt(d)), valid)
-        pos_k = F.dropout(self.pos_k_emb(pos).expand(B, L, d), p, self.training)  # (B, L, D)
-        pos_v = F.dropout(self.pos_v_emb(pos).expand(B, L, d), p, self.training)
-        rel_k = F.dropout(self.rel_k_emb.weight, p, self.training)  # (S, D)
-        rel_v = F.dropout(self.rel_v_emb.weight, p, self.training)
+        pos_k = dropout(self.pos_k_emb(pos).expand(B, L, d), p, self.training)  # (B, L, D)
+        pos_v = dropout(self.pos_v_emb(pos).expand(B, L, d), p, self.training)
+        rel_k = dropout(self.rel_k_emb.weight, p, self.training)  # (S, D)
+        rel_v = dropout(self.rel_v_emb.weight, p, self.training)
         attn_mask = causal_padding_mask(valid)  # (B, 1, L, L)
         x = self.residual_cls.expand_streams(h)
         for block in self.blocks:

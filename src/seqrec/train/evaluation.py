@@ -31,6 +31,7 @@ def evaluate(
     seed: int = 0,
     autocast=None,
     progress: bool = False,
+    forward_batch: int = 128,
 ) -> dict:
     """Rank each user's target (flat position ``target_pos``) given the items before it.
 
@@ -48,15 +49,19 @@ def evaluate(
     targets = torch.from_numpy(batcher.item[target_pos].astype(np.int64))
     history = batcher.history(users, target_pos)
 
-    def score_fn(rows: torch.Tensor) -> torch.Tensor:
-        r = rows.numpy()
+    def predict(r: np.ndarray) -> torch.Tensor:
         batch = _to(batcher.eval_batch(users[r], target_pos[r]), device)
         if autocast is not None:
             with autocast():
-                scores = model.predict(batch)
-        else:
-            scores = model.predict(batch)
-        return scores.float().cpu()
+                return model.predict(batch).float()
+        return model.predict(batch).float()
+
+    def score_fn(rows: torch.Tensor) -> torch.Tensor:
+        # The model runs on sub-batches of `forward_batch` rows: rows are sorted by length,
+        # so each sub-batch's window is trimmed to its own longest history.
+        r = rows.numpy()
+        parts = [predict(r[i : i + forward_batch]) for i in range(0, len(r), forward_batch)]
+        return torch.cat(parts).cpu()
 
     try:
         if protocol == "full":

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqrec.models.layers.dropout import Dropout, dropout
+
 ATTN_IMPLS = ("sdpa", "manual")
 
 
@@ -41,6 +43,16 @@ def causal_padding_mask(valid: Tensor) -> Tensor:
     eye = idx[None, :] == idx[:, None]  # (L, L)
     allowed = causal[None] & (valid[:, None, :] | eye[None])  # (B, L, L)
     return allowed[:, None]  # (B, 1, L, L), broadcasts over heads
+
+
+def additive_mask(allowed: Tensor) -> Tensor:
+    """Float mask (0 where allowed, -inf elsewhere) from a boolean one.
+
+    SDPA converts a boolean mask to this form on every call (a ``where`` over ``[B, 1, L, L]``,
+    ~15% of CPU inference time); a model builds it once per forward and shares it across
+    blocks. Both attention paths accept either form.
+    """
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
 def _split_heads(x: Tensor, n_heads: int) -> Tensor:
@@ -74,19 +86,26 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
-        self.out_dropout = nn.Dropout(dropout)
+        self.out_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
         q = _split_heads(self.q_proj(x), self.n_heads)  # (B, H, L, Dh)
         k = _split_heads(self.k_proj(x), self.n_heads)
         v = _split_heads(self.v_proj(x), self.n_heads)
         p = self.dropout if self.training else 0.0
-        if self.attn_impl == "sdpa":
+        # On CPU, SDPA with dropout falls back to an unfused path that is slower than the
+        # manual one with seqrec's byte dropout; the fused kernel serves everything else.
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
+            attn_mask = attn_mask.to(q.dtype)  # additive mask under autocast
+        if self.attn_impl == "sdpa" and (p == 0.0 or x.device.type != "cpu"):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, L, L)
-            att = att.masked_fill(~attn_mask, float("-inf"))
-            att = F.dropout(torch.softmax(att, dim=-1), p=p, training=self.training)
+            if attn_mask.dtype == torch.bool:
+                att = att.masked_fill(~attn_mask, float("-inf"))
+            else:
+                att = att + attn_mask
+            att = dropout(torch.softmax(att, dim=-1), p=p, training=self.training)
             y = att @ v  # (B, H, L, Dh)
         return self.out_dropout(self.out_proj(_merge_heads(y)))
 
@@ -132,7 +151,7 @@ class TimeIntervalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
-        self.out_dropout = nn.Dropout(dropout)
+        self.out_dropout = Dropout(dropout)
 
     def forward(
         self,
@@ -161,7 +180,7 @@ class TimeIntervalSelfAttention(nn.Module):
             q_rk = torch.einsum("bhid,shd->bhis", q, rk)  # (B, H, L, S)
             att = q @ k.transpose(-2, -1) + q_rk.gather(-1, idx)  # (B, H, L, L)
             att = (att * scale).masked_fill(~attn_mask, float("-inf"))
-            att = F.dropout(torch.softmax(att, dim=-1), p=p, training=self.training)
+            att = dropout(torch.softmax(att, dim=-1), p=p, training=self.training)
             buckets = att.new_zeros(B, H, L, S).scatter_add(-1, idx, att)  # (B, H, L, S)
             y = att @ v + torch.einsum("bhis,shd->bhid", buckets, rv)  # (B, H, L, Dh)
         else:
@@ -169,6 +188,6 @@ class TimeIntervalSelfAttention(nn.Module):
             rv = F.embedding(relation, rel_v).view(B, L, L, H, Dh)
             att = q @ k.transpose(-2, -1) + torch.einsum("bhid,bijhd->bhij", q, rk)
             att = (att * scale).masked_fill(~attn_mask, float("-inf"))
-            att = F.dropout(torch.softmax(att, dim=-1), p=p, training=self.training)
+            att = dropout(torch.softmax(att, dim=-1), p=p, training=self.training)
             y = att @ v + torch.einsum("bhij,bijhd->bhid", att, rv)  # (B, H, L, Dh)
         return self.out_dropout(self.out_proj(_merge_heads(y)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from seqrec.models.layers.dropout import Dropout
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -22,8 +24,8 @@ class PointWiseFeedForward(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = ACTIVATIONS[activation]()
         self.fc2 = nn.Linear(hidden, dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout2(self.fc2(self.dropout1(self.act(self.fc1(x)))))
