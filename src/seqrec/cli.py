@@ -107,16 +107,36 @@ def _add_train(sub) -> None:
         "table; a YAML --config may set any of them and the command line wins.",
     )
     add_train_arguments(p)
+    p.add_argument("--resume", metavar="DIR", help="continue a stopped or killed run from DIR/last.pt with its saved "
+                   "config (only --num_threads, --progress and --device may be changed)")
     p.set_defaults(func=cmd_train)
 
 
-def cmd_train(args) -> int:
-    from .train.config import resolve_config
-    from .train.trainer import train
+RESUMABLE_OVERRIDES = ("num_threads", "progress", "device")
 
-    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    cfg = resolve_config(cli)
-    train(cfg, log=functools.partial(print, flush=True))
+
+def cmd_train(args) -> int:
+    from .train.config import load_yaml, resolve_config
+    from .train.trainer import TrainingStopped, train
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume")}
+    log = functools.partial(print, flush=True)
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "last.pt").exists() or not (run / "config.yaml").exists():
+            raise FileNotFoundError(f"{run} has no last.pt/config.yaml to resume from")
+        extra = set(cli) - set(RESUMABLE_OVERRIDES)
+        if extra:
+            raise ValueError(f"--resume uses the run's saved config; these cannot be changed: "
+                             f"{', '.join('--' + k for k in sorted(extra))}")
+        cfg = {**load_yaml(run / "config.yaml"), **cli, "train_dir": str(run)}
+    else:
+        cfg = resolve_config(cli)
+    try:
+        train(cfg, log=log, resume=bool(args.resume))
+    except TrainingStopped as exc:
+        print(f"seqrec train: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

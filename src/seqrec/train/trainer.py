@@ -8,15 +8,27 @@ the test split is evaluated once at the end with the best checkpoint.
 Run folder (``train_dir``)::
 
     config.yaml          the resolved configuration
-    metrics.jsonl        one JSON line per logged step / evaluation / final test
-    best.pt, last.pt     checkpoints (model, optimizer, scheduler, RNG, epoch, step)
+    metrics.jsonl        one JSON line per logged step / epoch / event / final test
+    best.pt, last.pt     checkpoints (model, optimizer, scheduler, RNG and data-order state)
     test_metrics.json    final test metrics, both protocols, with the best epoch
+
+Fault tolerance: every checkpoint holds the numpy generator's state at the start of the
+epoch (which fixes the epoch's batch order), the number of batches already done in it and
+the generators' current states, so ``resume`` replays exactly what an uninterrupted run
+does; records written after the checkpoint are truncated from ``metrics.jsonl``.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
+:class:`torch.nn.parallel.DistributedDataParallel`; every rank draws the same global batch
+and negatives, trains on its share of the users (``users[rank::world]``) with its loss
+rescaled so the averaged gradient equals the single-process gradient of the global batch,
+evaluates a shard of the users (metrics summed across ranks), and only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -24,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..data.datasets import resolve_dataset
 from ..models import build_model, get_model_class
+from ..track.sinks import Tracker, truncate_log
 from ..utils.io import atomic_path
 from .batches import NegativeSampler, SequenceBatcher
 from .config import save_config, validate_config
@@ -35,13 +49,23 @@ from .evaluation import evaluate
 from .losses import NEGATIVES, get_loss
 
 KS = (5, 10, 20)
+STABILITY_FIXES = (
+    "lower the learning rate (e.g. --lr 0.0005), keep gradient clipping on (--grad_clip 1.0), "
+    "use --mhc_no_amp or --amp off when training with mixed precision, check the data for extreme values"
+)
 
 
-def pick_device(name: str) -> torch.device:
+class TrainingStopped(RuntimeError):
+    """Raised when the stability guard stops a run (a checkpoint has been written)."""
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available: use --device cpu or auto")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but CUDA is not available: use --device cpu or auto")
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
@@ -52,7 +76,8 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast_for(device: torch.device, amp: str):
-    """A zero-argument context factory for mixed precision (None on CPU / when off)."""
+    """A zero-argument context factory for mixed precision (None on CPU / when off) and
+    whether fp16 loss scaling is needed."""
     if device.type != "cuda" or amp == "off":
         return None, False
     if amp == "auto":
@@ -94,27 +119,54 @@ def build_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=cfg["lr"], betas=(0.9, 0.98))
 
 
-class RunLog:
-    """Appends JSON lines to ``metrics.jsonl`` (flushed at every line)."""
+def worst_gradient(model: torch.nn.Module) -> tuple[str, float]:
+    """Name and norm of the parameter with the largest (or a non-finite) gradient norm."""
+    worst, worst_norm = "", -1.0
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        n = float(p.grad.detach().float().norm())
+        if not math.isfinite(n):
+            return name, n
+        if n > worst_norm:
+            worst, worst_norm = name, n
+    return worst, worst_norm
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._f = open(path, "a", encoding="utf-8")
 
-    def write(self, **record) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+# -- distributed helpers ----------------------------------------------------------------------
 
-    def close(self) -> None:
-        self._f.close()
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank); (0, 1, 0) when not launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
+def _reduce_metrics(m: dict, device) -> dict:
+    """Average per-user metrics across ranks, weighting each rank by its number of users."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return m
+    keys = sorted(k for k in m if "@" in k)
+    n = float(m.get("n_users", 0))
+    t = torch.tensor([m[k] * n for k in keys] + [n], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    total = float(t[-1])
+    out = {k: float(t[i]) / max(total, 1.0) for i, k in enumerate(keys)}
+    out["n_users"] = int(total)
+    return out
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "state": state,
     }
     with atomic_path(path) as tmp:
@@ -125,19 +177,46 @@ def _format_metrics(m: dict, keys=("hr@10", "ndcg@10")) -> str:
     return "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
 
 
-def train(cfg: dict, log=print) -> dict:
-    """Train ``cfg['model']`` on ``cfg['dataset']``; returns the final test metrics."""
+def apply_profile(cfg: dict) -> dict:
+    """``--debug``: a tiny slice end to end (few users, 2 epochs, anomaly detection)."""
+    cfg = dict(cfg)
+    if cfg.get("debug") and cfg.get("production"):
+        raise ValueError("--debug and --production exclude each other")
+    if cfg.get("debug"):
+        cfg["num_epochs"] = min(cfg["num_epochs"], 2)
+        cfg["debug_users"] = cfg.get("debug_users") or 512
+        cfg["patience"] = 0
+        cfg["log_every"] = min(cfg["log_every"] or 10, 10)
+    return cfg
+
+
+def train(cfg: dict, log=print, resume: bool = False) -> dict:
+    """Train ``cfg['model']`` on ``cfg['dataset']``; returns the final test metrics.
+
+    ``resume=True`` continues from ``train_dir/last.pt`` with the saved configuration.
+    """
+    cfg = apply_profile(cfg)
     validate_config(cfg)
+    rank, world, local_rank = dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cfg["device"] != "cpu" and torch.cuda.is_available() else "gloo")
+    is_main = rank == 0
+    if not is_main:
+        log = lambda *a, **k: None  # noqa: E731
     model_cls = get_model_class(cfg["model"])
-    cfg_fields = set(model_cls.config_class.__dataclass_fields__)
-    if cfg.get("mhc") and "mhc" not in cfg_fields:
+    if cfg.get("mhc") and "mhc" not in model_cls.config_class.__dataclass_fields__:
         raise ValueError(f"model {cfg['model']!r} has no mHC variant: pass --no_mhc")
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg["num_threads"])
     seed_everything(cfg["seed"])
-    device = pick_device(cfg["device"])
+    device = pick_device(cfg["device"], local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     run_dir = Path(cfg["train_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("debug"):
+        torch.autograd.set_detect_anomaly(True)
 
     ds = resolve_dataset(cfg["dataset"], log=log)
     split = ds.leave_one_out()
@@ -146,12 +225,18 @@ def train(cfg: dict, log=print) -> dict:
                               with_time=model_cls.uses_time)
     train_users = batcher.train_users()
     eval_users = split.eval_users
+    if cfg.get("debug_users"):
+        pick = np.random.default_rng(cfg["seed"]).permutation(ds.n_users)[: cfg["debug_users"]] + 1
+        train_users = np.intersect1d(train_users, pick)
+        eval_users = np.intersect1d(eval_users, pick)
     valid_pos = split.valid_pos[eval_users - 1]
     test_pos = split.test_pos[eval_users - 1]
+    shard = slice(rank, None, world)  # this rank's evaluation users
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"{cfg['model']} on {ds.name}: {ds.n_users:,} users, {ds.n_items:,} items, {len(ds):,} interactions; "
-        f"{len(train_users):,} training sequences, {len(eval_users):,} evaluated users; "
-        f"{n_params:,} parameters; device {device}")
+    log(f"{cfg['model']}{' + mHC' if cfg.get('mhc') else ''} on {ds.name}: {ds.n_users:,} users, "
+        f"{ds.n_items:,} items, {len(ds):,} interactions; {len(train_users):,} training sequences, "
+        f"{len(eval_users):,} evaluated users; {n_params:,} parameters; device {device}"
+        + (f" x {world} processes" if world > 1 else "") + (" [debug profile]" if cfg.get("debug") else ""))
 
     loss_fn = get_loss(cfg["loss"])
     neg_kind = NEGATIVES[cfg["loss"]]
@@ -163,45 +248,124 @@ def train(cfg: dict, log=print) -> dict:
     )
     autocast, use_scaler = autocast_for(device, cfg["amp"])
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if world > 1 else None)
+    forward = ddp if ddp is not None else model
     rng = np.random.default_rng(cfg["seed"])
-    save_config(cfg, run_dir / "config.yaml")
-    runlog = RunLog(run_dir / "metrics.jsonl")
+
+    # -- state (restored on resume) ----------------------------------------------------------
+    st = {"epoch": 1, "batch_in_epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0,
+          "bad_steps": 0, "epoch_loss": 0.0, "epoch_seq": 0, "rng_epoch_start": rng.bit_generator.state,
+          "rng_now": rng.bit_generator.state, "log_offset": 0, "train_time_s": 0.0}
+    if resume:
+        ckpt = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        st.update(ckpt["state"])
+        if is_main:
+            truncate_log(run_dir / "metrics.jsonl", st["log_offset"])
+        rng.bit_generator.state = st["rng_now"]
+        log(f"resumed from {run_dir / 'last.pt'}: epoch {st['epoch']}, {st['batch_in_epoch']} batches into it, "
+            f"step {st['step']}")
+    elif is_main:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    tracker = Tracker(run_dir, cfg, wandb=cfg.get("wandb", False), tensorboard=cfg.get("tensorboard", False),
+                      enabled=is_main)
     metric = cfg["metric"]
     eval_kw = dict(device=device, ks=KS, batch_size=cfg["eval_batch_size"], exclude_history=cfg["exclude_history"],
                    autocast=autocast)
 
-    best, best_epoch, bad_evals, step = -1.0, 0, 0, 0
-    t_start = time.perf_counter()
+    def checkpoint(name: str) -> None:
+        if is_main:
+            st["log_offset"] = tracker.offset()
+            save_checkpoint(run_dir / name, model, optimizer, scheduler, scaler, st)
+
+    def run_eval(pos, protocol="full", **kw):
+        m = evaluate(model, batcher, eval_users[shard], pos[shard], protocol=protocol, **eval_kw, **kw)
+        return _reduce_metrics(m, device if device.type == "cuda" else torch.device("cpu"))
+
+    t_start = time.perf_counter() - st["train_time_s"]
     stop = False
-    for epoch in range(1, cfg["num_epochs"] + 1):
-        model.train()
+    epoch = st["epoch"]
+    for epoch in range(st["epoch"], cfg["num_epochs"] + 1):
+        st["epoch"] = epoch
+        if st["batch_in_epoch"] == 0:
+            st["rng_epoch_start"] = rng.bit_generator.state
+            st["epoch_loss"], st["epoch_seq"] = 0.0, 0
+        rng.bit_generator.state = st["rng_epoch_start"]
         batches = batcher.epoch_batches(train_users, cfg["batch_size"], rng, bucket=cfg["length_bucketing"])
-        t_epoch, total_loss, n_seq = time.perf_counter(), 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg["progress"], unit="batch")
-        for users in bar:
-            batch = batcher.train_batch(users)
+        if st["batch_in_epoch"]:
+            rng.bit_generator.state = st["rng_now"]  # mid-epoch resume: negatives continue exactly
+        model.train()
+        t_epoch = time.perf_counter()
+        seq_this_session = 0
+        bar = tqdm(desc=f"epoch {epoch}", leave=False, disable=not (cfg["progress"] and is_main),
+                   unit="batch", initial=st["batch_in_epoch"], total=len(batches))
+        for users in batches[st["batch_in_epoch"]:]:
+            global_batch = batcher.train_batch(users)
             if neg_kind == "per_position":
-                batch["negatives"] = torch.from_numpy(sampler.sample(users, tuple(batch["targets"].shape[1:]), rng))
+                global_batch["negatives"] = torch.from_numpy(
+                    sampler.sample(users, tuple(global_batch["targets"].shape[1:]), rng))
             elif neg_kind == "shared":
-                batch["negatives"] = torch.from_numpy(rng.integers(1, ds.n_items + 1, size=cfg["num_negatives"]))
+                global_batch["negatives"] = torch.from_numpy(rng.integers(1, ds.n_items + 1, size=cfg["num_negatives"]))
+            if world > 1:  # this rank's users; loss rescaled to the global batch's mean
+                batch = batcher.train_batch(users[rank::world])
+                n_mine = int((batch["targets"] > 0).sum())
+                n_all = int((global_batch["targets"] > 0).sum())
+                if neg_kind == "per_position":
+                    L = batch["targets"].shape[1]
+                    batch["negatives"] = global_batch["negatives"][rank::world, -L:]
+                elif neg_kind == "shared":
+                    batch["negatives"] = global_batch["negatives"]
+                loss_scale = n_mine * world / max(n_all, 1)
+            else:
+                batch, loss_scale = global_batch, 1.0
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast() if autocast else nullcontext():
-                hidden = model(batch)
+                hidden = forward(batch)
                 loss = loss_fn(model, hidden, batch["targets"], negatives=batch.get("negatives"))
+                if loss_scale != 1.0:
+                    loss = loss * loss_scale
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
             else:
                 loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf"))
-            if not torch.isfinite(loss) or not torch.isfinite(gnorm):
-                log(f"warning: step {step}: non-finite loss or gradient (loss {loss.item():.4g}, grad norm "
-                    f"{gnorm.item():.4g}); step skipped. Try a lower --lr.")
+            clip = cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf")
+            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            lv = float(loss.detach()) / loss_scale
+            st["step"] += 1
+            st["batch_in_epoch"] += 1
+            exploded = not math.isfinite(lv) or not math.isfinite(gnorm) or gnorm > cfg["max_grad_norm"]
+            if exploded:
+                layer, lnorm = worst_gradient(model)
+                st["bad_steps"] += 1
+                msg = (f"warning: step {st['step']} (epoch {epoch}): loss {lv:.4g}, gradient norm {gnorm:.4g} "
+                       f"above {cfg['max_grad_norm']:g} or not finite; largest in {layer} ({lnorm:.4g}); step skipped "
+                       f"({st['bad_steps']}/{cfg['max_bad_steps']})")
+                log(msg)
+                tracker.log(kind="event", event="gradient_explosion", epoch=epoch, step=st["step"], loss=lv,
+                            grad_norm=gnorm, layer=layer, layer_grad_norm=lnorm)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.update()
-                step += 1
+                if st["bad_steps"] >= cfg["max_bad_steps"]:
+                    st["rng_now"] = rng.bit_generator.state
+                    checkpoint("last.pt")
+                    reason = (f"stopped after {st['bad_steps']} skipped steps with exploding or non-finite "
+                              f"gradients (last in {layer}). Suggested fixes: {STABILITY_FIXES}. The state is in "
+                              f"{run_dir / 'last.pt'}; change the settings and start again (or --resume).")
+                    tracker.log(kind="event", event="stopped", step=st["step"], reason=reason)
+                    tracker.close()
+                    raise TrainingStopped(reason)
                 continue
             if scaler is not None:
                 scaler.step(optimizer)
@@ -209,73 +373,78 @@ def train(cfg: dict, log=print) -> dict:
             else:
                 optimizer.step()
             scheduler.step()
-            step += 1
-            lv = loss.item()
-            total_loss += lv * len(users)
-            n_seq += len(users)
-            if cfg["progress"]:
-                bar.set_postfix(loss=f"{lv:.4f}", refresh=False)
-            if cfg["log_every"] and step % cfg["log_every"] == 0:
-                runlog.write(kind="step", epoch=epoch, step=step, loss=lv, grad_norm=float(gnorm),
-                             lr=scheduler.get_last_lr()[0])
-            if cfg["max_steps"] and step >= cfg["max_steps"]:
+            st["epoch_loss"] += lv * len(users)
+            st["epoch_seq"] += len(users)
+            seq_this_session += len(users)
+            if cfg["progress"] and is_main:
+                rate = seq_this_session / max(time.perf_counter() - t_epoch, 1e-9)
+                bar.set_postfix(loss=f"{lv:.4f}", seq_s=f"{rate:.0f}", refresh=False)
+                bar.update(1)
+            if cfg["log_every"] and st["step"] % cfg["log_every"] == 0:
+                tracker.log(kind="step", epoch=epoch, step=st["step"], loss=lv, grad_norm=gnorm,
+                            lr=scheduler.get_last_lr()[0])
+            if cfg["checkpoint_every"] and st["step"] % cfg["checkpoint_every"] == 0:
+                st["rng_now"] = rng.bit_generator.state
+                st["train_time_s"] = time.perf_counter() - t_start
+                checkpoint("last.pt")
+            if cfg["max_steps"] and st["step"] >= cfg["max_steps"]:
                 stop = True
                 break
         bar.close()
         dt = time.perf_counter() - t_epoch
-        record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": total_loss / max(1, n_seq),
-                  "epoch_time_s": dt, "seq_per_s": n_seq / max(dt, 1e-9), "lr": scheduler.get_last_lr()[0]}
+        record = {"kind": "epoch", "epoch": epoch, "step": st["step"],
+                  "train_loss": st["epoch_loss"] / max(1, st["epoch_seq"]), "epoch_time_s": dt,
+                  "seq_per_s": seq_this_session / max(dt, 1e-9), "lr": scheduler.get_last_lr()[0]}
         msg = f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  {record['seq_per_s']:.0f} seq/s"
+        early_stop = False
         if epoch % cfg["eval_every"] == 0 or stop or epoch == cfg["num_epochs"]:
             t_eval = time.perf_counter()
-            valid = evaluate(model, batcher, eval_users, valid_pos, protocol="full", **eval_kw)
+            valid = run_eval(valid_pos)
             record.update({f"valid_{k}": v for k, v in valid.items() if "@" in k})
             record["eval_time_s"] = time.perf_counter() - t_eval
             msg += f"  valid {_format_metrics(valid)}  ({record['eval_time_s']:.1f}s)"
-            state = {"epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch}
-            if valid[metric] > best:
-                best, best_epoch, bad_evals = valid[metric], epoch, 0
-                state.update(best=best, best_epoch=best_epoch)
-                save_checkpoint(run_dir / "best.pt", model, optimizer, scheduler, state)
+            if valid[metric] > st["best"]:
+                st["best"], st["best_epoch"], st["bad_evals"] = valid[metric], epoch, 0
+                checkpoint("best.pt")
                 msg += " *"
             else:
-                bad_evals += 1
-            save_checkpoint(run_dir / "last.pt", model, optimizer, scheduler, state)
-            if cfg["patience"] and bad_evals >= cfg["patience"]:
-                log(msg)
-                log(f"early stop: no {metric} improvement in {bad_evals} evaluations")
-                runlog.write(**record)
-                break
+                st["bad_evals"] += 1
+            early_stop = bool(cfg["patience"]) and st["bad_evals"] >= cfg["patience"]
         log(msg)
-        runlog.write(**record)
+        tracker.log(**record)
+        # the epoch is complete: the next checkpoint starts the next epoch from its beginning
+        st["epoch"], st["batch_in_epoch"] = epoch + 1, 0
+        st["rng_now"] = rng.bit_generator.state
+        st["train_time_s"] = time.perf_counter() - t_start
+        checkpoint("last.pt")
+        if early_stop:
+            log(f"early stop: no {metric} improvement in {st['bad_evals']} evaluations")
+            break
         if stop:
             break
 
     train_time = time.perf_counter() - t_start
+    if world > 1:
+        dist.barrier()
+    if not (run_dir / "best.pt").exists():
+        raise ValueError("no checkpoint was selected (the run ended before its first evaluation)")
     ckpt = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(ckpt["model"])
-    result = final_test(model, batcher, eval_users, valid_pos, test_pos, cfg, ds, eval_kw)
-    result.update(best_epoch=best_epoch, epochs_run=epoch, steps=step, train_time_s=train_time,
-                  model=cfg["model"], dataset=ds.name, device=str(device))
-    runlog.write(kind="test", **result)
-    runlog.close()
-    with atomic_path(run_dir / "test_metrics.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    result = {"protocol_full": "full ranking over all items"
+              + (", user's history items excluded" if cfg["exclude_history"] else ""),
+              "valid_full": run_eval(valid_pos), "test_full": run_eval(test_pos)}
+    if cfg["eval_negatives"]:
+        result["protocol_sampled"] = f"{cfg['eval_negatives']} uniform negatives not in the user's history"
+        result["test_sampled"] = run_eval(test_pos, "sampled", n_negatives=cfg["eval_negatives"], seed=cfg["seed"])
+    result.update(best_epoch=st["best_epoch"], epochs_run=epoch, steps=st["step"], train_time_s=train_time,
+                  model=cfg["model"], mhc=bool(cfg.get("mhc")), dataset=ds.name, device=str(device), world_size=world)
+    tracker.log(kind="test", **result)
+    tracker.close()
+    if is_main:
+        with atomic_path(run_dir / "test_metrics.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
     log(report_lines(result))
     return result
-
-
-def final_test(model, batcher, eval_users, valid_pos, test_pos, cfg, ds, eval_kw) -> dict:
-    """Validation and test metrics of the loaded (best) model, full ranking and sampled."""
-    out = {"protocol_full": "full ranking over all items"
-           + (", user's history items excluded" if cfg["exclude_history"] else ""),
-           "valid_full": evaluate(model, batcher, eval_users, valid_pos, protocol="full", **eval_kw),
-           "test_full": evaluate(model, batcher, eval_users, test_pos, protocol="full", **eval_kw)}
-    if cfg["eval_negatives"]:
-        out["protocol_sampled"] = f"{cfg['eval_negatives']} uniform negatives not in the user's history"
-        out["test_sampled"] = evaluate(model, batcher, eval_users, test_pos, protocol="sampled",
-                                       n_negatives=cfg["eval_negatives"], seed=cfg["seed"], **eval_kw)
-    return out
 
 
 def report_lines(result: dict) -> str:
