@@ -180,6 +180,79 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _add_verify(sub) -> None:
+    from .train.config import add_train_arguments
+
+    p = sub.add_parser(
+        "verify",
+        help="pre-flight check of a training config (deps, device, data, one step, memory, disk)",
+        description="Check everything a long run needs before spending GPU time: dependencies and device "
+        "(CUDA, AMP, fused kernels), dataset presence and checksums, one forward/backward/optimizer step on a "
+        "real batch, peak memory per batch size against the device's memory, disk space for checkpoints. "
+        "Exits 1 when any check fails.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args) -> int:
+    from .train.config import resolve_config
+    from .train.verify import format_checks, preflight
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    cfg = resolve_config(cli)
+    if not cfg.get("train_dir"):
+        cfg["train_dir"] = "runs/verify"
+    checks = preflight(cfg, log=None)
+    print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _add_recommend(sub) -> None:
+    p = sub.add_parser("recommend", help="top-k items for a user of the dataset or for a given history")
+    p.add_argument("run_dir", help="a finished run folder")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id as in the source data")
+    who.add_argument("--history", help="comma-separated item ids (source ids), oldest first")
+    p.add_argument("--timestamps", help="comma-separated Unix seconds aligned with --history (time-aware models)")
+    p.add_argument("--k", type=int, default=10, help="how many items")
+    p.add_argument("--include_seen", action="store_true", help="allow items already in the history")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.set_defaults(func=cmd_recommend)
+
+
+def cmd_recommend(args) -> int:
+    from .api import load
+
+    rec = load(args.run_dir, device=args.device)
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+    kw = {"k": args.k, "exclude_seen": not args.include_seen}
+    if args.user is not None:
+        top = rec.recommend(args.user, **kw)
+        print(f"top {args.k} for user {args.user}:")
+    else:
+        ts = [int(t) for t in split(args.timestamps)] if args.timestamps else None
+        top = rec.recommend(history=split(args.history), timestamps=ts, **kw)
+        print(f"top {args.k} after {len(split(args.history))} items:")
+    for r in top:
+        title = f"  {r['title']}" if r.get("title") else ""
+        print(f"{r['rank']:3d}. item {r['item']}{title}  (score {r['score']:.3f})")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="(re)write report.md and plots of a run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from .track.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqrec",
@@ -193,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_prepare, _add_info, _add_export, _add_train, _add_evaluate, _add_compare]
+_COMMANDS = [_add_prepare, _add_info, _add_export, _add_verify, _add_train, _add_evaluate, _add_recommend,
+             _add_compare, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

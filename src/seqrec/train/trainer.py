@@ -443,7 +443,12 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
     if is_main:
         with atomic_path(run_dir / "test_metrics.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
+        from ..track.report import write_report
+
+        report = write_report(run_dir)
     log(report_lines(result))
+    if is_main:
+        log(f"report: {report}")
     return result
 
 

@@ -1,0 +1,345 @@
+"""Recommendations from a trained run, for scripts and services.
+
+>>> import seqrec.api
+>>> rec = seqrec.api.load("runs/sasrec_ml-100k_ce")           # once (model in eval mode)
+>>> rec.recommend(user=196, k=5)                              # a user of the data set (raw id)
+>>> rec.recommend(history=[50, 172, 181], timestamps=[...])   # anyone, from raw item ids
+>>> rec.recommend_batch([196, 186, 22], k=10)                 # many users, one forward per chunk
+
+Each recommendation is a dict ``{"rank", "item", "item_id", "score", "title"}``: ``item`` is
+the raw id as in the source data, ``item_id`` the internal id (1..n_items), ``score`` the
+model's score (higher is better), ``title`` the item's title when the data set has titles
+(MovieLens), else ``None``. The padding item 0 is never returned; with ``exclude_seen``
+the items of the history are never returned either.
+
+How the input is built (the same batch dict as :class:`seqrec.train.batches.SequenceBatcher`,
+keys ``items``, ``users`` and, for time-aware models, ``timestamps``, ``next_timestamps``,
+``time_scale``):
+
+* ``items``: the last ``maxlen`` items of the history, right-aligned (left padding 0);
+  a known user's history is *all* of their interactions in the data set (train, validation
+  and test part), in time order;
+* ``timestamps``: their times (Unix seconds);
+* ``next_timestamps``: the time of the following item; at the last position, whose
+  following item is the one being recommended, the last timestamp plus the median gap
+  between the history's consecutive interactions (the last timestamp itself with fewer
+  than two interactions);
+* ``time_scale``: the smallest non-zero gap between consecutive interactions of the whole
+  history (1 s when there is none). The trainer computes it over the training part of a
+  user's sequence; at recommendation time the whole history is the user's past, so both
+  input paths (``user=`` and ``history=``) use the whole history and agree exactly;
+* ``users``: the internal user id, 0 for a ``history=`` (no model reads it today).
+
+A :class:`Recommender` holds no per-call state: it can serve many calls (one at a time or
+from several threads; the forward passes run under ``torch.inference_mode``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import polars as pl
+import torch
+
+from .data.store import SeqDataset
+from .train.batches import window_positions
+from .train.runs import load_run
+
+DAY = 86_400
+
+
+class UnknownIdError(KeyError, ValueError):
+    """A raw user or item id that the data set does not hold.
+
+    Both a ``KeyError`` (a failed lookup) and a ``ValueError`` (bad input), so either
+    ``except`` clause catches it; ``str()`` is the plain message.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _IdMap:
+    """Raw source ids <-> internal ids (1..n) of one id map (``id``, ``raw``)."""
+
+    def __init__(self, frame: pl.DataFrame, kind: str, dataset: str):
+        frame = frame.sort("id")
+        self.kind = kind
+        self.dataset = dataset
+        self.dtype = frame.schema["raw"]
+        self.is_int = self.dtype.is_integer()
+        ids = frame["id"].to_numpy().astype(np.int64)
+        raws = frame["raw"].to_list()
+        if len(ids) and not np.array_equal(ids, np.arange(1, len(ids) + 1)):
+            raise ValueError(f"{dataset}: the {kind} map's ids are not 1..{len(ids)}; re-run `seqrec prepare`")
+        self.raw_by_id: list[Any] = [None] + raws
+        self.id_by_raw: dict[Any, int] = {r: i for i, r in zip(ids.tolist(), raws)}
+
+    def __len__(self) -> int:
+        return len(self.raw_by_id) - 1
+
+    def normalize(self, value: Any) -> Any:
+        """``value`` as the map's raw type (``"196"`` -> 196 for integer ids, 196 -> ``"196"``
+        for string ids); ``None`` when it cannot be one (then it is unknown)."""
+        if isinstance(value, (bool, np.bool_)):
+            return None
+        if self.is_int:
+            if isinstance(value, (int, np.integer)):
+                return int(value)
+            if isinstance(value, str):
+                try:
+                    return int(value.strip())
+                except ValueError:
+                    return None
+            if isinstance(value, (float, np.floating)) and float(value).is_integer():
+                return int(value)
+            return None
+        if self.dtype == pl.String:
+            if isinstance(value, (np.integer,)):
+                value = int(value)
+            return str(value) if isinstance(value, (int, str)) else None
+        return value
+
+    def lookup(self, value: Any) -> int | None:
+        key = self.normalize(value)
+        try:
+            return self.id_by_raw.get(key) if key is not None else None
+        except TypeError:  # unhashable input
+            return None
+
+    def describe(self) -> str:
+        """E.g. "943 users; raw ids 1..943" (a short description for error messages)."""
+        n = len(self)
+        if n == 0:
+            return f"no {self.kind}s"
+        raws = self.raw_by_id[1:]
+        if self.is_int:
+            return f"{n:,} {self.kind}s; raw ids {min(raws)}..{max(raws)}"
+        examples = ", ".join(repr(r) for r in raws[:3])
+        return f"{n:,} {self.kind}s; raw ids such as {examples}"
+
+    def unknown(self, values: Sequence[Any]) -> UnknownIdError:
+        shown = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values[:10])
+        more = f" and {len(values) - 10} more" if len(values) > 10 else ""
+        what = f"{self.kind} {shown} is" if len(values) == 1 else f"{self.kind}s {shown}{more} are"
+        return UnknownIdError(f"{what} not in dataset {self.dataset} ({self.describe()})")
+
+
+def _gap_stats(timestamp: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row ``r`` (the flat slice ``start[r]:end[r]``): the smallest non-zero gap between
+    consecutive timestamps (1 when there is none) and the median gap (0 with < 2 items).
+
+    Vectorised over rows: the gaps of all rows are sorted by (row, gap) once.
+    """
+    start = np.asarray(start, dtype=np.int64)
+    end = np.asarray(end, dtype=np.int64)
+    n_gaps = np.maximum(end - start - 1, 0)
+    total = int(n_gaps.sum())
+    min_gap = np.ones(len(start), dtype=np.int64)
+    median = np.zeros(len(start), dtype=np.float64)
+    if total == 0:
+        return min_gap, median
+    goff = np.zeros(len(start) + 1, dtype=np.int64)
+    np.cumsum(n_gaps, out=goff[1:])
+    row = np.repeat(np.arange(len(start)), n_gaps)
+    first = np.repeat(start, n_gaps) + (np.arange(total) - goff[row])  # gap j is t[first+1] - t[first]
+    ts = np.asarray(timestamp, dtype=np.int64)
+    gaps = ts[first + 1] - ts[first]
+    order = np.lexsort((gaps, row))
+    sorted_gaps = gaps[order]
+    has = n_gaps > 0
+    lo = goff[:-1] + (n_gaps - 1) // 2
+    hi = goff[:-1] + n_gaps // 2
+    median[has] = (sorted_gaps[lo[has]] + sorted_gaps[hi[has]]) / 2.0
+    pos = np.where(gaps > 0, gaps, np.iinfo(np.int64).max)
+    smallest = np.full(len(start), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, row, pos)
+    min_gap = np.where(smallest == np.iinfo(np.int64).max, 1, smallest)
+    return min_gap, median
+
+
+def sequence_batch(item: np.ndarray, timestamp: np.ndarray, start: np.ndarray, end: np.ndarray, maxlen: int,
+                   users: np.ndarray, with_time: bool) -> dict[str, torch.Tensor]:
+    """The model input for predicting the item after each slice ``start[r]:end[r]`` of the
+    flat arrays (the batch dict of :mod:`seqrec.train.batches`, window trimmed to the
+    longest row; see the module docstring for the time features)."""
+    start = np.asarray(start, dtype=np.int64)
+    end = np.asarray(end, dtype=np.int64)
+    if np.any(end <= start):
+        raise ValueError("every history needs at least one item")
+    pos, valid = window_positions(start, end, maxlen)
+    batch = {"users": torch.from_numpy(np.asarray(users, dtype=np.int64)),
+             "items": torch.from_numpy(np.where(valid, np.asarray(item)[pos], 0).astype(np.int64))}
+    if with_time:
+        ts_all = np.asarray(timestamp, dtype=np.int64)
+        ts = np.where(valid, ts_all[pos], 0)
+        nxt = np.where(valid, ts_all[np.minimum(pos + 1, len(ts_all) - 1)], 0)
+        min_gap, median_gap = _gap_stats(ts_all, start, end)
+        # the last column is always a real item (windows are right-aligned): its successor is
+        # the recommended item, expected one median gap after the last interaction
+        nxt[:, -1] = ts[:, -1] + np.round(median_gap).astype(np.int64)
+        batch.update(timestamps=torch.from_numpy(ts), next_timestamps=torch.from_numpy(nxt),
+                     time_scale=torch.from_numpy(min_gap))
+    return batch
+
+
+class Recommender:
+    """Top-k next-item recommendations from a trained model (see the module docstring).
+
+    Build it with :func:`load`. Attributes: ``cfg`` (the run's configuration), ``dataset``
+    (:class:`~seqrec.data.store.SeqDataset`), ``model`` (in eval mode), ``device``,
+    ``maxlen``, ``uses_time``.
+    """
+
+    def __init__(self, cfg: dict, dataset: SeqDataset, model: torch.nn.Module, device: torch.device):
+        self.cfg = cfg
+        self.dataset = dataset
+        self.model = model.eval()
+        self.device = device
+        self.maxlen = int(cfg["maxlen"])
+        self.uses_time = bool(getattr(model, "uses_time", False))
+        self.n_items = int(dataset.n_items)
+        self._users = _IdMap(dataset.user_map(), "user", dataset.name)
+        item_map = dataset.item_map()
+        self._items = _IdMap(item_map, "item", dataset.name)
+        self._titles: list[str | None] | None = None
+        if "title" in item_map.columns:
+            self._titles = [None] + item_map.sort("id")["title"].to_list()
+        self._item = np.asarray(dataset.item)
+        self._timestamp = np.asarray(dataset.timestamp)
+        self._offsets = np.asarray(dataset.offsets, dtype=np.int64)
+
+    # -- lookups --------------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return len(self._users)
+
+    @property
+    def has_titles(self) -> bool:
+        return self._titles is not None
+
+    def user_id(self, user: Any) -> int:
+        """Internal id of a raw user id; :class:`UnknownIdError` when not in the data."""
+        uid = self._users.lookup(user)
+        if uid is None:
+            raise self._users.unknown([user])
+        return uid
+
+    def item_ids(self, items: Iterable[Any]) -> np.ndarray:
+        """Internal ids of raw item ids; :class:`UnknownIdError` listing every unknown one."""
+        items = list(items)
+        ids = [self._items.lookup(x) for x in items]
+        missing = [x for x, i in zip(items, ids) if i is None]
+        if missing:
+            raise self._items.unknown(missing)
+        return np.asarray(ids, dtype=np.int64)
+
+    def item_titles(self, items: Iterable[Any]) -> list[str | None]:
+        """Titles of raw item ids (``None`` for items without a title, or when the data set
+        has none); :class:`UnknownIdError` for ids not in the data."""
+        ids = self.item_ids(items)
+        if self._titles is None:
+            return [None] * len(ids)
+        return [self._titles[i] for i in ids]
+
+    # -- recommendations ------------------------------------------------------------------
+    def recommend(self, user: Any = None, *, history: Sequence[Any] | None = None,
+                  timestamps: Sequence[float] | None = None, k: int = 10,
+                  exclude_seen: bool = True) -> list[dict]:
+        """Top-``k`` next items for a known ``user`` (raw id) or for a ``history`` of raw
+        item ids (oldest first, optional ``timestamps`` in Unix seconds)."""
+        if (user is None) == (history is None):
+            raise ValueError("pass either user= (a user of the data set) or history= (raw item ids), not both")
+        if user is not None:
+            if timestamps is not None:
+                raise ValueError("timestamps= goes with history=; a user's timestamps come from the data set")
+            return self.recommend_batch([user], k=k, exclude_seen=exclude_seen)[0]
+        items = self._history_ids(history)
+        ts = self._history_times(timestamps, len(items))
+        batch = sequence_batch(items, ts, np.array([0]), np.array([len(items)]), self.maxlen,
+                               np.array([0]), self.uses_time)
+        return self._top_k(batch, [items], k, exclude_seen)[0]
+
+    def recommend_batch(self, users: Sequence[Any], k: int = 10, *, exclude_seen: bool = True,
+                        chunk_size: int = 256) -> list[list[dict]]:
+        """Top-``k`` for many known users (raw ids), in order; one forward per ``chunk_size``
+        users. Unknown users raise :class:`UnknownIdError` (listing them) before any work."""
+        users = list(users)
+        ids = [self._users.lookup(u) for u in users]
+        missing = [u for u, i in zip(users, ids) if i is None]
+        if missing:
+            raise self._users.unknown(missing)
+        uid = np.asarray(ids, dtype=np.int64)
+        start, end = self._offsets[uid], self._offsets[uid + 1]
+        out: list[list[dict]] = []
+        for c in range(0, len(uid), chunk_size):
+            sl = slice(c, c + chunk_size)
+            batch = sequence_batch(self._item, self._timestamp, start[sl], end[sl], self.maxlen, uid[sl],
+                                   self.uses_time)
+            seen = [self._item[s:e] for s, e in zip(start[sl], end[sl])] if exclude_seen else None
+            out += self._top_k(batch, seen, k, exclude_seen)
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+    def _history_ids(self, history: Sequence[Any]) -> np.ndarray:
+        if isinstance(history, (str, bytes)) or not isinstance(history, Iterable):
+            raise ValueError("history= must be a list of raw item ids, oldest first")
+        items = self.item_ids(list(history))
+        if len(items) == 0:
+            raise ValueError("history= is empty: give at least one item")
+        return items
+
+    def _history_times(self, timestamps: Sequence[float] | None, n: int) -> np.ndarray:
+        if timestamps is None:
+            if self.uses_time:
+                warnings.warn(
+                    f"{self.cfg.get('model')} is time-aware but no timestamps= were given: using one interaction "
+                    "per day ending now (pass timestamps= in Unix seconds for real intervals)",
+                    UserWarning, stacklevel=3)
+            now = int(time.time())
+            return now - DAY * np.arange(n - 1, -1, -1, dtype=np.int64)
+        ts = np.asarray(list(timestamps), dtype=np.float64)
+        if ts.ndim != 1 or len(ts) != n:
+            raise ValueError(f"timestamps= has {ts.size} values for {n} history items: give one per item")
+        if not np.all(np.isfinite(ts)):
+            raise ValueError("timestamps= must be finite Unix seconds")
+        if np.any(np.diff(ts) < 0):
+            raise ValueError("timestamps= must be non-decreasing (history is oldest first)")
+        return ts.astype(np.int64)
+
+    @torch.inference_mode()
+    def _top_k(self, batch: dict[str, torch.Tensor], seen: list[np.ndarray] | None, k: int,
+               exclude_seen: bool) -> list[list[dict]]:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        batch = {key: v.to(self.device) for key, v in batch.items()}
+        scores = self.model.predict(batch).float()  # (B, n_items + 1)
+        scores[:, 0] = float("-inf")
+        if exclude_seen and seen is not None:
+            rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
+            cols = np.concatenate(seen).astype(np.int64) if len(rows) else np.zeros(0, dtype=np.int64)
+            scores[torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)] = float("-inf")
+        kk = min(int(k), self.n_items)
+        top_scores, top_items = torch.topk(scores, kk, dim=1)
+        top_scores, top_items = top_scores.cpu().numpy(), top_items.cpu().numpy()
+        out = []
+        for srow, irow in zip(top_scores, top_items):
+            recs = []
+            for s, i in zip(srow.tolist(), irow.tolist()):
+                if s == float("-inf"):  # fewer than k items left after the exclusions
+                    break
+                recs.append({"rank": len(recs) + 1, "item": self._items.raw_by_id[i], "item_id": i, "score": s,
+                             "title": self._titles[i] if self._titles is not None else None})
+            out.append(recs)
+        return out
+
+
+def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu") -> Recommender:
+    """Load a run folder's model (``checkpoint``, default the best validation epoch) and its
+    dataset for recommendations. ``device``: cpu, cuda or auto."""
+    run = load_run(run_dir, checkpoint, device)
+    return Recommender(run.cfg, run.dataset, run.model, run.device)
