@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up, prepare a real MovieLens set (../shared/data, else the GroupLens
-# download, else synthetic data), train a short SASRec and print its metrics.
+# download, else synthetic data), then the debug -> verify -> training flow on SASRec:
+# a debug run (seconds), the pre-flight check, a short real training + evaluation that prints
+# its metrics, its report, and a few recommendations. Extra arguments go to the training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,6 +18,14 @@ else
   $SEQ prepare synthetic --users 2000 --items 800
   DATASET=synthetic
 fi
-$SEQ train --model sasrec --no_mhc --dataset "$DATASET" --train_dir runs/demo-sasrec-$DATASET \
-  --loss ce --maxlen 50 --hidden_units 64 --num_heads 2 --dropout_rate 0.2 --batch_size 128 \
-  --num_epochs ${DEMO_EPOCHS:-15} --patience 5 --progress false "$@"
+ARGS=(--model sasrec --no_mhc --dataset "$DATASET" --loss ce --maxlen 50 --hidden_units 64 --num_heads 2
+      --dropout_rate 0.2 --batch_size 128 --progress false)
+echo; echo "== 1. debug profile (a slice of users, 2 epochs, anomaly detection) =="
+$SEQ train "${ARGS[@]}" --train_dir runs/demo-debug --debug
+echo; echo "== 2. pre-flight check =="
+$SEQ verify "${ARGS[@]}" --train_dir runs/demo-sasrec-$DATASET
+echo; echo "== 3. short training run + evaluation =="
+$SEQ train "${ARGS[@]}" --train_dir runs/demo-sasrec-$DATASET --num_epochs ${DEMO_EPOCHS:-20} --patience 5 "$@"
+echo; echo "== 4. report and recommendations =="
+sed -n '1,40p' runs/demo-sasrec-$DATASET/report.md
+$SEQ recommend runs/demo-sasrec-$DATASET --user 1 --k 5

@@ -7,11 +7,14 @@
 from seqrec.models.base import SequentialRecommender
 from seqrec.models.registry import available_models, build_model, get_model_class, register_model
 from seqrec.models.sasrec import SASRec, SASRecConfig
+from seqrec.models.ss4rec import SS4Rec, SS4RecConfig
 from seqrec.models.tisasrec import TIME_UNITS, TiSASRec, TiSASRecConfig, time_interval_matrix
 
 __all__ = [
     "SASRec",
     "SASRecConfig",
+    "SS4Rec",
+    "SS4RecConfig",
     "SequentialRecommender",
     "TIME_UNITS",
     "TiSASRec",

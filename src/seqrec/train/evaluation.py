@@ -73,7 +73,7 @@ def evaluate(
             return sampled(gather_scorer(score_fn), users, targets, n_negatives=n_negatives, sampler=sampler,
                            item_popularity=item_popularity, n_items=model.n_items, history=history,
                            exclude_history=True, seed=seed, ks=ks,
-                           batch_size=batch_size)
+                           batch_size=batch_size, progress=progress)
         raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'sampled'")
     finally:
         model.train(was_training)

@@ -280,7 +280,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
                       enabled=is_main)
     metric = cfg["metric"]
     eval_kw = dict(device=device, ks=KS, batch_size=cfg["eval_batch_size"], exclude_history=cfg["exclude_history"],
-                   autocast=autocast)
+                   autocast=autocast, progress=bool(cfg["progress"]) and is_main)
 
     def checkpoint(name: str) -> None:
         if is_main:
