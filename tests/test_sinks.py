@@ -1,0 +1,43 @@
+"""Optional tracking sinks (skipped when the extra is not installed)."""
+
+import pytest
+
+from seqrec.data.datasets import prepare_dataset
+from seqrec.track.sinks import JsonlSink, truncate_log
+from seqrec.train.config import resolve_config
+from seqrec.train.trainer import train
+
+
+def test_jsonl_truncate_roundtrip(tmp_path):
+    s = JsonlSink(tmp_path / "m.jsonl")
+    s.log({"kind": "epoch", "epoch": 1})
+    off = s.offset()
+    s.log({"kind": "epoch", "epoch": 2})
+    s.close()
+    truncate_log(tmp_path / "m.jsonl", off)
+    assert (tmp_path / "m.jsonl").read_text().count("\n") == 1
+
+
+def _tiny(tmp_path, **kw):
+    ds = prepare_dataset("synthetic", out=tmp_path / "ds", log=None,
+                         synthetic_kwargs={"n_users": 120, "n_items": 40, "seed": 0, "max_length": 20})
+    return resolve_config({"dataset": str(ds.path), "train_dir": str(tmp_path / "run"), "model": "sasrec",
+                           "no_mhc": True, "maxlen": 10, "hidden_units": 16, "num_epochs": 1, "progress": False,
+                           "eval_negatives": 5, "device": "cpu", **kw})
+
+
+def test_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(_tiny(tmp_path, wandb=True), log=lambda *a: None)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+def test_tensorboard_events(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    pytest.importorskip("tensorboard")
+    train(_tiny(tmp_path, tensorboard=True), log=lambda *a: None)
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
