@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/pip install -q "$TORCH" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q "$TORCH" numpy 2>&1 | grep -v "^WARNING: Location" || true
 fi
 if ! .venv/bin/python -c "import seqrec, polars, yaml, tqdm, pytest, matplotlib" 2>/dev/null; then
   # --constraint keeps the torch we just installed

@@ -31,11 +31,11 @@ def load_runs(dirs: list[str | Path]) -> list[dict]:
     return rows
 
 
-def _fmt(v) -> str:
+def _fmt(v, metric: bool) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4f}" if v < 10 else f"{v:g}"
+        return f"{v:.4f}" if metric else f"{v:g}"
     return str(v)
 
 
@@ -44,7 +44,7 @@ def to_markdown(rows: list[dict]) -> str:
         return ""
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r[c], "@" in c) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
