@@ -57,6 +57,7 @@ class SASRecConfig:
     norm_first: bool = True  # pre-LN (True) or post-LN (False)
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (readable reference)
     activation: str = "relu"  # feed-forward activation: "relu" (paper) or "gelu"
+    inner_size: int = 0  # feed-forward width; 0 = hidden_units (the paper; RecBole uses 4x)
     # mHC (Manifold-Constrained Hyper-Connections, seqrec.models.layers.mhc)
     mhc: bool = False  # replace every residual by an mHC hyper-connection
     mhc_expansion_rate: int = 4  # number of parallel residual streams n
@@ -126,7 +127,7 @@ class SASRec(SequentialRecommender):
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 CausalSelfAttention(d, c.num_heads, c.dropout_rate, c.attn_impl),
-                PointWiseFeedForward(d, d, c.dropout_rate, c.activation),
+                PointWiseFeedForward(d, c.inner_size or d, c.dropout_rate, c.activation),
                 d,
                 norm_first=c.norm_first,
                 residual_cls=self.residual_cls,

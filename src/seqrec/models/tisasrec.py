@@ -157,7 +157,7 @@ class TiSASRec(SequentialRecommender):
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 TimeIntervalSelfAttention(d, c.num_heads, c.dropout_rate, c.attn_impl),
-                PointWiseFeedForward(d, d, c.dropout_rate, c.activation),
+                PointWiseFeedForward(d, c.inner_size or d, c.dropout_rate, c.activation),
                 d,
                 norm_first=c.norm_first,
                 residual_cls=self.residual_cls,

@@ -60,6 +60,7 @@ ARGUMENTS: list[Arg] = [
     Arg("grad_clip", 5.0, "clip the global gradient norm to this (0 disables)"),
     Arg("amp", "auto", "mixed precision on CUDA: auto (bf16 when supported), bf16, fp16, off", str,
         ("auto", "bf16", "fp16", "off")),
+    Arg("inner_size", 0, "feed-forward width (0: hidden_units, as in the SASRec paper; RecBole uses 4x)"),
     Arg("norm_first", True, "pre-LN blocks (post-LN when false)", None),
     Arg("length_bucketing", 32, "batch users of similar length within chunks of this many batches (0: plain shuffle)"),
     Arg("seed", 42, "random seed (model init, data order, negatives)"),

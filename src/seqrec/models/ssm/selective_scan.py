@@ -9,9 +9,8 @@ Selective scan, per batch ``b``, channel ``d``, state ``n`` (layout as mamba_ssm
 
 Three implementations with the same signature:
 
-* :func:`selective_scan_ref` -- the sequential loop of mamba_ssm's reference (for tests);
-  it materialises ``[B, D, L, N]`` tensors and keeps one ``[B, D, N]`` state per step for
-  autograd.
+* :func:`selective_scan_ref` -- the sequential loop of mamba_ssm's reference (for tests and
+  benchmarks); autograd keeps every step's ``[B, D, N]`` tensors, i.e. ``O(B L D N)``.
 * the pure path of :func:`selective_scan` -- :class:`_ChunkedSelectiveScan`, a custom
   autograd function. Forward walks the sequence chunk by chunk (``chunk_size`` steps),
   building ``exp(delta A)`` and ``delta B u`` for one chunk at a time and keeping only the
@@ -80,19 +79,18 @@ def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None,
                        delta_softplus: bool = False) -> Tensor:
-    """Sequential reference (mamba_ssm's ``selective_scan_ref`` for real ``A`` and
-    input-dependent ``B [B, N, L]``, ``C [B, N, L]``). Returns ``[B, D, L]``."""
+    """Sequential reference: mamba_ssm's ``selective_scan_ref`` for real ``A [D, N]`` and
+    input-dependent ``B, C [B, N, L]``; one step per position with plain autograd (which keeps
+    every step's ``[B, D, N]`` tensors). Returns ``[B, D, L]``."""
     dtype_in = u.dtype
     ct = _compute_dtype(u)
     u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-    h = u.new_zeros(u.shape[0], A.shape[0], A.shape[1])
+    h = u.new_zeros(u.shape[0], A.shape[0], A.shape[1])  # (B, D, N)
     ys = []
-    for t in range(u.shape[2]):
-        h = deltaA[:, :, t] * h + deltaB_u[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    for d_t, u_t, B_t, C_t in zip(delta.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1)):
+        h = torch.exp(d_t.unsqueeze(-1) * A) * h + (d_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)
+        ys.append(torch.einsum("bdn,bn->bd", h, C_t))
     y = torch.stack(ys, dim=2)
     return _finish(y, u, D, z).to(dtype_in)
 
