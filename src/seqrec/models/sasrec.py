@@ -108,6 +108,7 @@ class SASRec(SequentialRecommender):
     """SASRec. ``SASRec(n_items, SASRecConfig(...))``; see module docstring."""
 
     config_class = SASRecConfig
+    supports_last_only = True
     uses_time = False
     residual_cls: ResidualFactory | type[nn.Module] = Residual  # default without mHC
 
@@ -145,7 +146,7 @@ class SASRec(SequentialRecommender):
     def item_embedding_weight(self) -> Tensor:
         return self.item_emb.weight
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, batch: dict[str, Tensor], last_only: bool = False) -> Tensor:
         items = batch["items"]  # (B, L)
         B, L = items.shape
         valid = items != 0  # (B, L)
@@ -154,7 +155,8 @@ class SASRec(SequentialRecommender):
         h = apply_mask(self.emb_dropout(h), valid)  # (B, L, D)
         attn_mask = additive_mask(causal_padding_mask(valid))  # (B, 1, L, L), 0 / -inf
         x = self.residual_cls.expand_streams(h)
-        for block in self.blocks:
-            x = block(x, valid, attn_mask=attn_mask)
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == len(self.blocks) - 1  # the final block: one query
+            x = block(x, valid, last_only=last, attn_mask=attn_mask)
         h = self.residual_cls.reduce_streams(x)
-        return apply_mask(self.final_norm(h), valid)  # (B, L, D)
+        return apply_mask(self.final_norm(h), valid[:, -1:] if last_only else valid)  # (B, L or 1, D)

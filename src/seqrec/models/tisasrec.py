@@ -134,6 +134,7 @@ class TiSASRec(SequentialRecommender):
     """TiSASRec. ``TiSASRec(n_items, TiSASRecConfig(...))``; needs ``batch["timestamps"]``."""
 
     config_class = TiSASRecConfig
+    supports_last_only = True
     uses_time = True
     residual_cls: ResidualFactory | type[nn.Module] = Residual  # default without mHC
 
@@ -203,7 +204,7 @@ class TiSASRec(SequentialRecommender):
             personalize=c.time_personalize,
         )
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, batch: dict[str, Tensor], last_only: bool = False) -> Tensor:
         items = batch["items"]  # (B, L)
         B, L = items.shape
         c = self.config
@@ -219,10 +220,11 @@ class TiSASRec(SequentialRecommender):
         rel_v = dropout(self.rel_v_emb.weight, p, self.training)
         attn_mask = causal_padding_mask(valid)  # (B, 1, L, L)
         x = self.residual_cls.expand_streams(h)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x = block(
                 x,
                 valid,
+                last_only=last_only and i == len(self.blocks) - 1,  # the final block: one query
                 attn_mask=attn_mask,
                 relation=relation,
                 pos_k=pos_k,
@@ -231,4 +233,4 @@ class TiSASRec(SequentialRecommender):
                 rel_v=rel_v,
             )
         h = self.residual_cls.reduce_streams(x)
-        return apply_mask(self.final_norm(h), valid)  # (B, L, D)
+        return apply_mask(self.final_norm(h), valid[:, -1:] if last_only else valid)  # (B, L or 1, D)

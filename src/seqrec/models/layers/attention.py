@@ -88,8 +88,11 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.out_dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        q = _split_heads(self.q_proj(x), self.n_heads)  # (B, H, L, Dh)
+    def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
+        """``last_only``: queries from the last position only -> ``[B, 1, D]``."""
+        if last_only:
+            attn_mask = attn_mask[..., -1:, :]
+        q = _split_heads(self.q_proj(x[:, -1:] if last_only else x), self.n_heads)  # (B, H, Lq, Dh)
         k = _split_heads(self.k_proj(x), self.n_heads)
         v = _split_heads(self.v_proj(x), self.n_heads)
         p = self.dropout if self.training else 0.0
@@ -162,11 +165,15 @@ class TimeIntervalSelfAttention(nn.Module):
         pos_v: Tensor,
         rel_k: Tensor,
         rel_v: Tensor,
+        last_only: bool = False,
     ) -> Tensor:
         H = self.n_heads
         B, L, D = x.shape
         Dh = D // H
-        q = _split_heads(self.q_proj(x), H)  # (B, H, L, Dh)
+        if last_only:  # queries from the last position only -> [B, 1, D]
+            attn_mask, relation = attn_mask[..., -1:, :], relation[:, -1:, :]
+        Lq = relation.shape[1]
+        q = _split_heads(self.q_proj(x[:, -1:] if last_only else x), H)  # (B, H, Lq, Dh)
         k = _split_heads(self.k_proj(x) + pos_k, H)  # (B, H, L, Dh)
         v = _split_heads(self.v_proj(x) + pos_v, H)  # (B, H, L, Dh)
         scale = 1.0 / math.sqrt(Dh)
@@ -176,16 +183,16 @@ class TimeIntervalSelfAttention(nn.Module):
             rk = rel_k.view(-1, H, Dh)  # (S, H, Dh)
             rv = rel_v.view(-1, H, Dh)  # (S, H, Dh)
             S = rk.shape[0]
-            idx = relation[:, None].expand(B, H, L, L)  # stride-0 view, no copy
-            q_rk = torch.einsum("bhid,shd->bhis", q, rk)  # (B, H, L, S)
-            att = q @ k.transpose(-2, -1) + q_rk.gather(-1, idx)  # (B, H, L, L)
+            idx = relation[:, None].expand(B, H, Lq, L)  # stride-0 view, no copy
+            q_rk = torch.einsum("bhid,shd->bhis", q, rk)  # (B, H, Lq, S)
+            att = q @ k.transpose(-2, -1) + q_rk.gather(-1, idx)  # (B, H, Lq, L)
             att = (att * scale).masked_fill(~attn_mask, float("-inf"))
             att = dropout(torch.softmax(att, dim=-1), p=p, training=self.training)
-            buckets = att.new_zeros(B, H, L, S).scatter_add(-1, idx, att)  # (B, H, L, S)
+            buckets = att.new_zeros(B, H, Lq, S).scatter_add(-1, idx, att)  # (B, H, Lq, S)
             y = att @ v + torch.einsum("bhis,shd->bhid", buckets, rv)  # (B, H, L, Dh)
         else:
-            rk = F.embedding(relation, rel_k).view(B, L, L, H, Dh)  # (B, L, L, H, Dh)
-            rv = F.embedding(relation, rel_v).view(B, L, L, H, Dh)
+            rk = F.embedding(relation, rel_k).view(B, Lq, L, H, Dh)  # (B, Lq, L, H, Dh)
+            rv = F.embedding(relation, rel_v).view(B, Lq, L, H, Dh)
             att = q @ k.transpose(-2, -1) + torch.einsum("bhid,bijhd->bhij", q, rk)
             att = (att * scale).masked_fill(~attn_mask, float("-inf"))
             att = dropout(torch.softmax(att, dim=-1), p=p, training=self.training)

@@ -315,6 +315,8 @@ class HyperConnection(nn.Module):
             h = (h_pre.unsqueeze(-1) * x).sum(-2)  # (B, L, D): H_pre x
             mixed = torch.matmul(h_res, x)  # (B, L, n, D): H_res x, batched n x n matmul
         y = self.sublayer(self.norm(h) if self.norm_first else h, **kwargs)  # (B, L, D)
+        if kwargs.get("last_only", False):  # the sublayer returned the last position only
+            mixed, h_post = mixed[:, -1:], h_post[:, -1:]
         out = mixed + h_post.unsqueeze(-1) * y.to(dt).unsqueeze(-2)  # + H_post^T F
         return out if self.norm_first else self.norm(out)
 

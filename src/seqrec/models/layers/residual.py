@@ -53,9 +53,13 @@ class Residual(nn.Module):
         self.norm_first = norm_first
 
     def forward(self, x: Tensor, **kwargs) -> Tensor:
+        # with last_only=True the sublayer (attention) returns the last position only
+        last = kwargs.get("last_only", False)
         if self.norm_first:
-            return x + self.sublayer(self.norm(x), **kwargs)
-        return self.norm(x + self.sublayer(x, **kwargs))
+            y = self.sublayer(self.norm(x), **kwargs)
+            return (x[:, -1:] if last else x) + y
+        y = self.sublayer(x, **kwargs)
+        return self.norm((x[:, -1:] if last else x) + y)
 
     @classmethod
     def expand_streams(cls, h: Tensor) -> Tensor:
@@ -86,7 +90,12 @@ class TransformerBlock(nn.Module):
         self.attn = residual_cls(attn, dim, norm_first)
         self.ffn = residual_cls(ffn, dim, norm_first)
 
-    def forward(self, x: Tensor, valid: Tensor, **attn_kwargs) -> Tensor:
+    def forward(self, x: Tensor, valid: Tensor, last_only: bool = False, **attn_kwargs) -> Tensor:
+        """``last_only``: only the last position's output (``[B, 1, ...]``); keys and values
+        still come from every position."""
+        if last_only:
+            x = self.attn(x, last_only=True, **attn_kwargs)
+            return apply_mask(self.ffn(x), valid[:, -1:])
         x = self.attn(x, **attn_kwargs)
         x = self.ffn(x)
         return apply_mask(x, valid)

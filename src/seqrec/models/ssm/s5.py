@@ -23,18 +23,19 @@ positions get ``dt = 0`` and ``u = 0``, so they leave the state untouched.
 
 Numerics:
 
-* ``Abar - 1`` is computed with ``expm1`` (``e^z - 1 = expm1(Re z) cos(Im z) -
-  2 sin^2(Im z / 2) + i e^{Re z} sin(Im z)``) so tiny steps (a 1-second gap measured in days
-  times ``step = 1e-3`` is ``1e-8``) do not cancel to 0 in float32; when ``Re z < -1``
-  the direct ``e^z - 1`` is used instead, whose gradient decays with ``e^{Re z}`` (the
-  ``expm1`` form's gradient would be a difference of two O(1) terms multiplied by the huge
-  ``delta``, i.e. rounding noise, for gaps like ``1e6``).
+* ``Abar`` is built from real ``exp``, ``cos``, ``sin`` (complex ``exp`` is not vectorised on
+  CPU). ``Abar - 1`` takes its value from the cancellation-free ``expm1(Re z) cos(Im z) -
+  2 sin^2(Im z / 2) + i e^{Re z} sin(Im z)``, so tiny steps (a 1-second gap measured in days
+  times ``step = 1e-3`` is ``1e-8``) do not round to 0 in float32, and its gradient from
+  ``d(e^z - 1) = e^z``, which vanishes with ``e^{Re z}`` for huge gaps (differentiating the
+  ``expm1`` form would give a difference of two O(1) terms times the huge ``delta``, i.e.
+  rounding noise, for gaps like ``1e6``).
 * ``Re(Lambda)`` is clipped to ``<= -1e-4`` (the S5 paper's ``clip_eigs``), so ``|Abar| < 1``
   for every ``dt > 0`` and arbitrarily large gaps cannot overflow.
-* The recurrence is run by :func:`linear_scan`: a log-depth (Hillis--Steele doubling)
-  parallel scan with a hand-written backward (itself a reverse scan), saving only the
-  ``[B, L, P]`` coefficients and states. :func:`linear_scan_ref` is the sequential
-  reference used by the tests.
+* The recurrence is run by :func:`linear_scan`: a two-level chunked parallel scan
+  (chunk ``ceil(sqrt(L))``) with a hand-written backward (itself a reverse scan), saving
+  only the ``[B, L, P]`` coefficients and states. :func:`linear_scan_ref` is the
+  sequential reference used by the tests and benchmarks.
 * Under autocast the layer runs in float32 (complex64); float64 inputs run in complex128.
 
 Initialisation (as s5-pytorch 0.2.1 with ``bcInit="dense"``, which the official SS4Rec
