@@ -116,12 +116,7 @@ class SASRec(SequentialRecommender):
         super().__init__(n_items, config)
         c = self.config
         d = c.hidden_units
-        if residual_cls is not None:
-            if c.mhc:
-                raise ValueError("pass either residual_cls or a config with mhc=True, not both")
-            self.residual_cls = residual_cls
-        elif c.mhc:
-            self.residual_cls = residual_from_config(c)  # HyperConnection factory
+        self.residual_cls = residual_from_config(c, residual_cls)  # Residual or the mHC factory
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(c.maxlen, d)
         self.emb_dropout = Dropout(c.dropout_rate)

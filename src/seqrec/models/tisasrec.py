@@ -142,12 +142,7 @@ class TiSASRec(SequentialRecommender):
         super().__init__(n_items, config)
         c = self.config
         d = c.hidden_units
-        if residual_cls is not None:
-            if c.mhc:
-                raise ValueError("pass either residual_cls or a config with mhc=True, not both")
-            self.residual_cls = residual_cls
-        elif c.mhc:
-            self.residual_cls = residual_from_config(c)  # HyperConnection factory
+        self.residual_cls = residual_from_config(c, residual_cls)  # Residual or the mHC factory
         self.unit_seconds = TIME_UNITS[c.time_unit]
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_k_emb = nn.Embedding(c.maxlen, d)

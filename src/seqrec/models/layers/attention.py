@@ -113,7 +113,7 @@ class CausalSelfAttention(nn.Module):
         return self.out_dropout(self.out_proj(_merge_heads(y)))
 
 
-class TimeIntervalSelfAttention(nn.Module):
+class TimeIntervalSelfAttention(CausalSelfAttention):
     """TiSASRec's time-interval-aware multi-head causal self-attention.
 
     For query ``i`` and key ``j`` (per head, ``Dh`` = head width)::
@@ -140,21 +140,6 @@ class TimeIntervalSelfAttention(nn.Module):
       per layer -- the same order as ordinary attention; nothing ``[B, L, L, D]`` exists.
       (On CUDA, ``scatter_add`` uses atomics unless deterministic algorithms are enabled.)
     """
-
-    def __init__(self, dim: int, n_heads: int, dropout: float, attn_impl: str = "sdpa"):
-        super().__init__()
-        if dim % n_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.attn_impl = attn_impl
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-        self.out_dropout = Dropout(dropout)
 
     def forward(
         self,

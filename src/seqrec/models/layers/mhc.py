@@ -352,8 +352,15 @@ class HyperConnectionFactory:
         return reduce_streams(x)
 
 
-def residual_from_config(cfg) -> type[Residual] | HyperConnectionFactory:
-    """``Residual`` or, when ``cfg.mhc``, the mHC factory built from the ``mhc_*`` fields."""
+def residual_from_config(cfg, override=None) -> type[Residual] | HyperConnectionFactory:
+    """``Residual`` or, when ``cfg.mhc``, the mHC factory built from the ``mhc_*`` fields.
+
+    ``override``: a residual class/factory a caller passed explicitly (exclusive with mHC).
+    """
+    if override is not None:
+        if getattr(cfg, "mhc", False):
+            raise ValueError("pass either residual_cls or a config with mhc=True, not both")
+        return override
     if not getattr(cfg, "mhc", False):
         return Residual
     return HyperConnection.configure(

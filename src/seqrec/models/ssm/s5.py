@@ -145,14 +145,13 @@ def _chunked_scan(a: Tensor, b: Tensor, chunk: int, reverse: bool = False) -> Te
         lo = r if reverse else 0
         view = lambda t: t[:, lo : lo + n * chunk].view(nb, n, chunk, *rest)  # noqa: E731
         a4, b4, x4 = view(a), view(b), view(x)
-        prod = torch.empty_like(a4)
+        # running products of a inside each chunk, in the scan direction
+        prod = torch.cumprod(a4.flip(2), dim=2).flip(2) if reverse else torch.cumprod(a4, dim=2)
         steps = list(range(chunk))[::-1] if reverse else list(range(chunk))
         first = steps[0]
         x4[:, :, first] = b4[:, :, first]
-        prod[:, :, first] = a4[:, :, first]
         for p, t in zip(steps, steps[1:]):
             torch.addcmul(b4[:, :, t], a4[:, :, t], x4[:, :, p], out=x4[:, :, t])
-            torch.mul(a4[:, :, t], prod[:, :, p], out=prod[:, :, t])
         last = steps[-1]
         h_in = torch.empty_like(x4[:, :, 0])  # (nb, n, ...): state entering each chunk
         chunks = list(range(n))[::-1] if reverse else list(range(n))
