@@ -98,8 +98,29 @@ def _str2bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
 
 
+def model_arguments() -> dict[str, tuple[Any, str]]:
+    """Config fields of the registered models that the table above does not list (e.g.
+    SS4Rec's ``s5_state``), as ``{name: (default, help)}``; later models don't override."""
+    import dataclasses
+
+    from ..models import available_models, get_model_class
+
+    out: dict[str, tuple[Any, str]] = {}
+    for name in available_models():
+        for f in dataclasses.fields(get_model_class(name).config_class):
+            if f.name in ARG_BY_NAME or f.name in out or f.name == "mhc":
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out[f.name] = (default, f"{name}: model option (see the model's config class)")
+    return out
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, extra_model_args: dict | None = None) -> None:
-    """Add every training argument; defaults are SUPPRESSed so we know what was given."""
+    """Add every training argument; defaults are SUPPRESSed so we know what was given.
+
+    ``extra_model_args`` defaults to every registered model's own options."""
+    if extra_model_args is None:
+        extra_model_args = model_arguments()
     for a in ARGUMENTS:
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{a.help} (default: {a.default})"}
         if a.flag:
@@ -134,7 +155,7 @@ def load_yaml(path: str | Path) -> dict:
 def resolve_config(cli: dict, known_extra: set[str] | None = None) -> dict:
     """Merge defaults < YAML (``cli['config']``) < command-line values into one flat dict."""
     cfg = {a.name: a.default for a in ARGUMENTS}
-    known = set(cfg) | (known_extra or set())
+    known = set(cfg) | (known_extra if known_extra is not None else set(model_arguments()))
     if cli.get("config"):
         for k, v in load_yaml(cli["config"]).items():
             if k not in known:

@@ -1,0 +1,288 @@
+"""SS4Rec: interface, time gaps, causality, padding, ablations, training, config errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqrec.data.splits import leave_one_out
+from seqrec.models import SS4Rec, SS4RecConfig, SequentialRecommender, build_model, get_model_class
+from seqrec.models.ss4rec import TIME_SCALES, time_gaps
+from seqrec.train.batches import SequenceBatcher
+from seqrec.train.losses import get_loss
+
+N_ITEMS = 30
+TINY = dict(hidden_units=16, num_blocks=2, dropout_rate=0.2, maxlen=24, s5_state=8, d_state=8)
+ABLATIONS = ["full", "s5_only", "mamba_only"]
+
+
+def make_batch(B=4, L=8, n_items=N_ITEMS, seed=0, min_len=1):
+    """Right-aligned batch; timestamps increase (a third of the gaps 0, the others up to ~1 h,
+    the range where the default S5 steps (seconds) are sensitive); next_timestamps is the
+    following timestamp, the target's time at the last position."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, L + 1, (B,), generator=g)
+    lengths[0] = L
+    valid = torch.arange(L)[None, :] >= (L - lengths)[:, None]
+    items = torch.randint(1, n_items + 1, (B, L), generator=g) * valid
+    gaps = torch.randint(0, 3, (B, L + 1), generator=g) * torch.randint(0, 4000, (B, L + 1), generator=g)
+    t = 1_600_000_000 + torch.cumsum(gaps, dim=1)  # (B, L + 1): the last one is the target's
+    return {"items": items.long(), "timestamps": (t[:, :-1] * valid).long(),
+            "next_timestamps": (t[:, 1:] * valid).long()}
+
+
+def make_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return build_model("ss4rec", N_ITEMS, **{**TINY, **overrides})
+
+
+def test_registry_defaults_and_interface():
+    assert get_model_class("SS4Rec") is SS4Rec
+    c = SS4RecConfig()
+    assert (c.hidden_units, c.num_blocks, c.dropout_rate, c.maxlen) == (64, 2, 0.2, 200)
+    assert (c.s5_state, c.d_state, c.d_conv, c.expand, c.dt_min, c.dt_max) == (32, 32, 4, 2, 0.001, 0.1)
+    assert (c.time_scale, c.ablation, c.use_fast_path) == ("seconds", "full", True)
+    model = make_model().eval()
+    assert isinstance(model, SequentialRecommender) and model.uses_time and model.registry_name == "ss4rec"
+    batch = make_batch(B=3, L=7)
+    hidden = model(batch)
+    assert hidden.shape == (3, 7, 16)
+    assert (hidden[batch["items"] == 0] == 0).all()
+    assert model.item_embedding_weight().shape == (N_ITEMS + 1, 16)
+    assert (model.item_embedding_weight()[0] == 0).all()
+    torch.testing.assert_close(model.predict(batch), model.score_all(hidden[:, -1]))
+    cand = torch.randint(0, N_ITEMS + 1, (3, 7, 5))
+    torch.testing.assert_close(model.score_items(hidden, cand), model.score_all(hidden).gather(-1, cand))
+
+
+def test_official_initialisation():
+    model = make_model()
+    mamba = model.blocks[0].mamba
+    assert mamba.dt_proj.bias.abs().max() == 0  # RecBole init zeroes every Linear bias
+    assert 0.01 < mamba.in_proj.weight.std() < 0.03
+    assert model.blocks[0].norm.eps == 1e-12
+
+
+def test_time_gaps_exact_int64():
+    ts = torch.tensor([[0, 1_700_000_000, 1_700_000_001, 1_700_000_001]])
+    nxt = torch.tensor([[0, 1_700_000_001, 1_700_000_001, 1_700_086_401]])
+    valid = torch.tensor([[False, True, True, True]])
+    gaps = time_gaps(ts, nxt, valid, TIME_SCALES["days"])
+    assert gaps.dtype == torch.float64
+    assert gaps.tolist() == [[0.0, 1 / 86400, 0.0, 1.0]]
+    # the official code subtracts float32 timestamps: a 1-second gap near 1.7e9 s is lost
+    assert (nxt.float() - ts.float())[0, 1] in (0.0, 128.0)
+    # without next_timestamps: gaps inside the window, 0 at the last position
+    assert time_gaps(ts, None, valid, 1).tolist() == [[0.0, 1.0, 0.0, 0.0]]
+    # unsorted data: negative gaps become 0
+    assert time_gaps(nxt, ts, valid, 1).min() == 0
+
+
+def test_time_scale_is_a_unit_change():
+    torch.manual_seed(0)
+    sec = build_model("ss4rec", N_ITEMS, **TINY, time_scale="seconds").double().eval()
+    days = build_model("ss4rec", N_ITEMS, **TINY, time_scale="days").double().eval()
+    days.load_state_dict(sec.state_dict())
+    batch = make_batch()
+    scaled = dict(batch, timestamps=batch["timestamps"] * 86400, next_timestamps=batch["next_timestamps"] * 86400)
+    torch.testing.assert_close(days(scaled), sec(batch))
+    assert not torch.allclose(days(batch), sec(batch))
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_causality(ablation):
+    model = make_model(ablation=ablation).eval()
+    batch = make_batch(B=3, L=8, min_len=8)
+    base = model(batch)
+    for j in (2, 5, 7):
+        changed = {k: v.clone() for k, v in batch.items()}
+        changed["items"][:, j] = changed["items"][:, j] % N_ITEMS + 1
+        out = model(changed)
+        torch.testing.assert_close(out[:, :j], base[:, :j], rtol=0, atol=0)
+        assert not torch.allclose(out[:, j], base[:, j])
+    if ablation == "mamba_only":
+        return
+    for j in (1, 4, 7):  # move t_j and every later time: only the gap j-1 -> j changes
+        changed = {k: v.clone() for k, v in batch.items()}
+        changed["timestamps"][:, j:] += 3 * 3600 + 17
+        changed["next_timestamps"][:, j - 1 :] += 3 * 3600 + 17
+        out = model(changed)
+        torch.testing.assert_close(out[:, : j - 1], base[:, : j - 1], rtol=0, atol=0)
+        assert not torch.allclose(out[:, j - 1], base[:, j - 1])
+    # the target's time only reaches the last position
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["next_timestamps"][:, -1] += 5 * 86400
+    out = model(changed)
+    torch.testing.assert_close(out[:, :-1], base[:, :-1], rtol=0, atol=0)
+    assert not torch.allclose(out[:, -1], base[:, -1])
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_left_padding_invariance(ablation):
+    model = make_model(ablation=ablation).eval()
+    batch = make_batch(B=4, L=8)
+    extra = 5
+    padded = {k: F.pad(v, (extra, 0)) for k, v in batch.items()}
+    out_short, out_long = model(batch), model(padded)
+    assert (out_long[:, :extra] == 0).all()
+    torch.testing.assert_close(out_long[:, extra:], out_short, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_ablations_train_step_finite(ablation):
+    model = make_model(ablation=ablation).train()
+    names = {n.split(".")[2] for n, _ in model.named_parameters() if n.startswith("blocks.0.")}
+    assert names == {"full": {"s5", "mamba", "norm"}, "s5_only": {"s5", "norm"},
+                     "mamba_only": {"mamba", "norm"}}[ablation]
+    batch = make_batch(B=3, L=6)
+    batch["items"][1] = 0
+    batch["timestamps"][1] = 0
+    batch["next_timestamps"][1] = 0
+    batch["timestamps"][2, -1] = batch["next_timestamps"][2, -2] = 4_000_000_000  # a gap of decades
+    hidden = model(batch)
+    assert torch.isfinite(hidden).all()
+    assert (hidden[1] == 0).all()
+    hidden.square().sum().backward()
+    for n, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), n
+
+
+def test_timestamps_required_unless_mamba_only():
+    batch = make_batch()
+    with pytest.raises(ValueError, match="timestamps"):
+        make_model()({"items": batch["items"]})
+    make_model(ablation="mamba_only")({"items": batch["items"]})
+    # next_timestamps is optional (gaps within the window, 0 at the last position)
+    make_model()({"items": batch["items"], "timestamps": batch["timestamps"]})
+
+
+def test_embed_norm_and_fast_path_flags():
+    torch.manual_seed(0)
+    a = build_model("ss4rec", N_ITEMS, **TINY, use_fast_path=True).eval()
+    b = build_model("ss4rec", N_ITEMS, **TINY, use_fast_path=False).eval()
+    b.load_state_dict(a.state_dict())
+    batch = make_batch()
+    torch.testing.assert_close(a(batch), b(batch))  # no fused kernel on CPU: same pure path
+    e = make_model(embed_norm=True).eval()
+    assert {"emb_norm.weight", "emb_norm.bias"} <= {n for n, _ in e.named_parameters()}
+    assert (e(batch)[batch["items"] == 0] == 0).all()
+
+
+def test_losses_work_through_scoring_interface():
+    model = make_model().train()
+    batch = make_batch(B=3, L=6)
+    targets = torch.roll(batch["items"], -1, dims=1)
+    targets[:, -1] = 5
+    targets[batch["items"] == 0] = 0
+    h = model(batch)
+    per_position = torch.randint(1, N_ITEMS + 1, targets.shape)
+    shared = torch.randint(1, N_ITEMS + 1, (7,))
+    for name, negatives in (("bce", per_position), ("bpr", per_position), ("ce", None),
+                            ("sampled_softmax", shared)):
+        loss = get_loss(name)(model, h, targets, negatives=negatives)
+        assert torch.isfinite(loss), name
+
+
+def test_runs_on_batcher_windows():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 12, size=15)
+    offsets = np.zeros(len(lengths) + 2, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[2:])
+    item = rng.integers(1, N_ITEMS + 1, size=offsets[-1])
+    ts = np.concatenate([1_600_000_000 + np.cumsum(rng.integers(0, 90_000, size=n)) for n in lengths])
+    loo = leave_one_out(offsets)
+    batcher = SequenceBatcher(item, ts.astype(np.int64), offsets, loo.train_end, maxlen=6)
+    model = make_model().eval()
+    users = batcher.train_users()
+    batch = batcher.train_batch(users)
+    h = model(batch)
+    assert torch.isfinite(h).all() and (h[batch["items"] == 0] == 0).all()
+    ev = batcher.eval_batch(users, loo.test_pos[users - 1])
+    assert model.predict(ev).shape == (len(users), N_ITEMS + 1)
+
+
+def _next_item_loss(model, batch):
+    inp = {k: v[:, :-1] for k, v in batch.items()}
+    target = batch["items"][:, 1:]
+    logits = model.score_all(model(inp))
+    logits[..., 0] = float("-inf")
+    keep = (inp["items"] != 0) & (target != 0)
+    return F.cross_entropy(logits[keep], target[keep])
+
+
+def chain_batch(B, L, n_items, g):
+    """Sequences following the chain 1 -> 2 -> ... -> n -> 1, random start, length and gaps."""
+    start = torch.randint(1, n_items + 1, (B, 1), generator=g)
+    seq = (start - 1 + torch.arange(L)) % n_items + 1
+    lengths = torch.randint(3, L + 1, (B,), generator=g)
+    valid = torch.arange(L)[None, :] >= (L - lengths)[:, None]
+    t = 1_500_000_000 + torch.cumsum(torch.randint(0, 5000, (B, L + 1), generator=g), dim=1)
+    return {"items": (seq * valid).long(), "timestamps": (t[:, :-1] * valid).long(),
+            "next_timestamps": (t[:, 1:] * valid).long()}
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_overfits_item_chain(ablation):
+    n_items, L = 20, 8
+    torch.manual_seed(0)
+    model = build_model("ss4rec", n_items, hidden_units=32, num_blocks=1, dropout_rate=0.0, maxlen=L,
+                        s5_state=16, d_state=16, ablation=ablation)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    model.train()
+    first = None
+    for _ in range(60):
+        loss = _next_item_loss(model, chain_batch(32, L, n_items, g))
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        loss = _next_item_loss(model, chain_batch(256, L, n_items, g))
+        test_batch = chain_batch(256, L, n_items, g)
+        pred = model.predict(test_batch)[:, 1:].argmax(-1) + 1
+    assert loss.item() < 0.1 * first
+    target = test_batch["items"][:, -1] % n_items + 1
+    assert (pred == target).float().mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(hidden_units=0), "change --hidden_units"),
+        (dict(num_blocks=1.5), "change --num_blocks"),
+        (dict(s5_state=0), "change --s5_state"),
+        (dict(d_state=-1), "change --d_state"),
+        (dict(d_conv=0), "change --d_conv"),
+        (dict(expand=True), "change --expand"),
+        (dict(dropout_rate=1.0), "change --dropout_rate"),
+        (dict(dt_min=0.0), "change --dt_min"),
+        (dict(dt_min=0.5, dt_max=0.1), "change --dt_min or --dt_max"),
+        (dict(time_scale="weeks"), "change --time_scale"),
+        (dict(ablation="s6_only"), "change --ablation"),
+        (dict(use_fast_path="yes"), "change --use_fast_path"),
+    ],
+)
+def test_invalid_config_messages(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("ss4rec", N_ITEMS, **kwargs)
+
+
+def test_trainer_end_to_end(tmp_path):
+    """A few epochs with the real trainer (CE loss) on synthetic chains learn far above chance."""
+    from seqrec.data.datasets import prepare_dataset
+    from seqrec.train.config import resolve_config
+    from seqrec.train.trainer import train
+
+    ds = prepare_dataset("synthetic", out=tmp_path / "ds", log=None,
+                         synthetic_kwargs={"n_users": 300, "n_items": 80, "seed": 1, "mean_length": 20,
+                                           "max_length": 40})
+    cli = {"dataset": str(ds.path), "train_dir": str(tmp_path / "run"), "model": "ss4rec", "loss": "ce",
+           "no_mhc": True, "maxlen": 20, "hidden_units": 32, "batch_size": 64, "num_epochs": 4,
+           "warmup_steps": 0, "lr": 0.005, "progress": False, "eval_negatives": 20, "patience": 0,
+           "device": "cpu", "num_threads": 1}
+    res = train(resolve_config(cli), log=lambda *_: None)
+    assert res["test_full"]["hr@10"] > 0.35  # random ranking: 10/80
