@@ -140,3 +140,31 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         save_dataset(tmp_path / "ds", p, name="toy", source={})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temporal_eval_split_periods_and_targets():
+    from seqrec.data.splits import temporal_eval_split
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 15, size=40)
+    offsets = np.zeros(42, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[2:])
+    ts = np.concatenate([np.sort(rng.integers(0, 10_000, size=n)) for n in lengths]).astype(np.int64)
+    sp = temporal_eval_split(offsets, ts, fraction=0.8, valid_fraction=0.5)
+    n = len(ts)
+    order = np.argsort(ts, kind="stable")
+    period = np.empty(n, dtype=int)
+    n_past = round(0.8 * n)
+    n_valid_end = n_past + round(0.5 * (n - n_past))
+    period[order[:n_past]], period[order[n_past:n_valid_end]], period[order[n_valid_end:]] = 0, 1, 2
+    for u in range(1, 41):
+        s, e = offsets[u], offsets[u + 1]
+        p = period[s:e]
+        assert (p[: sp.train_end[u - 1] - s] == 0).all() and (p[sp.train_end[u - 1] - s :] > 0).all()
+        for users, pos, k in ((sp.valid_users, sp.valid_pos, 1), (sp.test_users, sp.test_pos, 2)):
+            rows = np.flatnonzero(p == k)
+            if u in users:
+                assert pos[list(users).index(u)] == s + rows[0] and rows[0] > 0
+            else:
+                assert len(rows) == 0 or rows[0] == 0
+    assert sp.stats["past_rows"] == n_past

@@ -159,3 +159,13 @@ def test_evaluate_command_reproduces_final_metrics(synthetic_ds, tmp_path, capsy
     assert payload["full"]["hr@10"] == pytest.approx(res["test_full"]["hr@10"])
     assert payload["sampled"]["ndcg@10"] == pytest.approx(res["test_sampled"]["ndcg@10"])
     assert math.isfinite(payload["full"]["mrr@10"])
+
+
+def test_train_on_the_temporal_split(synthetic_ds, tmp_path):
+    torch.set_num_threads(1)
+    res = train(_cfg(synthetic_ds, tmp_path / "t", model="sasrec", loss="bpr", split="temporal", num_epochs=2),
+                log=lambda *_: None)
+    sp = synthetic_ds.eval_split("temporal", 0.8)
+    assert res["split"] == "temporal"
+    assert res["test_full"]["n_users"] == len(sp.test_users) and res["valid_full"]["n_users"] == len(sp.valid_users)
+    assert res["test_full"]["hr@10"] > 10 / 80  # better than chance

@@ -93,3 +93,70 @@ def temporal_split(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, fr
         "future_rows_of_future_only_items": fi_rows,
     }
     return TemporalSplit(is_past, cutoff, stats)
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """What the trainer needs from a split: each user's training prefix and the
+    (user, target position) pairs to validate and test on.
+
+    ``train_end[u-1]``: end (exclusive) of user u's training rows ``offsets[u]:train_end[u-1]``;
+    ``valid_users``/``valid_pos`` and ``test_users``/``test_pos``: 1-based user ids and flat
+    positions of their targets (the input is everything of that user before the target).
+    """
+
+    name: str
+    train_end: np.ndarray
+    valid_users: np.ndarray
+    valid_pos: np.ndarray
+    test_users: np.ndarray
+    test_pos: np.ndarray
+    stats: dict
+
+
+def loo_eval_split(offsets: np.ndarray) -> EvalSplit:
+    loo = leave_one_out(offsets)
+    users = loo.eval_users
+    return EvalSplit("leave-one-out", loo.train_end, users, loo.valid_pos[users - 1], users,
+                     loo.test_pos[users - 1], {"eval_users": int(len(users))})
+
+
+def temporal_eval_split(offsets: np.ndarray, timestamp: np.ndarray, fraction: float = 0.8,
+                        valid_fraction: float = 0.5) -> EvalSplit:
+    """The seeds' global past/future split, made trainable.
+
+    The first ``fraction`` of all interactions by time are the past (training data). The
+    future is cut in time again: its first ``valid_fraction`` is the validation period, the
+    rest the test period. A user is validated on their first interaction in the validation
+    period and tested on their first interaction in the test period (each with all their
+    earlier interactions as input, so the test input includes validation-period items);
+    users without an interaction in a period are not evaluated on it. Items first seen in the
+    future stay rankable but untrained (they are counted in ``stats``).
+    """
+    n_users = len(offsets) - 2
+    user = np.repeat(np.arange(1, n_users + 1), np.diff(offsets[1:]))
+    n = len(timestamp)
+    order = np.argsort(timestamp, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    n_past = int(round(fraction * n))
+    n_valid_end = n_past + int(round(valid_fraction * (n - n_past)))
+    period = np.where(rank < n_past, 0, np.where(rank < n_valid_end, 1, 2))
+    starts = offsets[1:-1]
+    # rows of a user are in time order, so its past rows form a prefix
+    past_count = np.bincount(user[period == 0], minlength=n_users + 1)[1:]
+    train_end = starts + past_count
+
+    def first_in(p: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.flatnonzero(period == p)
+        u, first = np.unique(user[rows], return_index=True)
+        pos = rows[first]
+        keep = pos > starts[u - 1]  # needs at least one earlier interaction as input
+        return u[keep].astype(np.int64), pos[keep].astype(np.int64)
+
+    vu, vp = first_in(1)
+    tu, tp = first_in(2)
+    stats = {"past_rows": n_past, "valid_rows": n_valid_end - n_past, "test_rows": n - n_valid_end,
+             "valid_users": int(len(vu)), "test_users": int(len(tu)),
+             "cutoff_time": int(timestamp[order[n_past]]) if n_past < n else None}
+    return EvalSplit("temporal", train_end, vu, vp, tu, tp, stats)

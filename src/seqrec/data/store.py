@@ -29,7 +29,8 @@ import polars as pl
 from .. import __version__
 from ..utils.io import atomic_dir, file_md5
 from .prepare import Prepared, statistics
-from .splits import LeaveOneOut, TemporalSplit, leave_one_out, temporal_split
+from .splits import (EvalSplit, LeaveOneOut, TemporalSplit, leave_one_out, loo_eval_split, temporal_eval_split,
+                     temporal_split)
 
 MANIFEST = "manifest.json"
 ARRAYS = ("item", "timestamp", "rating", "offsets")
@@ -146,6 +147,14 @@ class SeqDataset:
 
     def leave_one_out(self) -> LeaveOneOut:
         return leave_one_out(self.offsets)
+
+    def eval_split(self, kind: str = "loo", fraction: float = 0.8) -> EvalSplit:
+        """The training/validation/test split the trainer uses: ``loo`` or ``temporal``."""
+        if kind == "loo":
+            return loo_eval_split(self.offsets)
+        if kind == "temporal":
+            return temporal_eval_split(self.offsets, np.asarray(self.timestamp), fraction)
+        raise ValueError(f"unknown split {kind!r}: use loo or temporal")
 
     def temporal_split(self, fraction: float = 0.8) -> TemporalSplit:
         return temporal_split(self.user, self.item, self.timestamp, fraction)

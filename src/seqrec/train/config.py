@@ -67,6 +67,9 @@ ARGUMENTS: list[Arg] = [
     Arg("patience", 20, "stop after this many evaluations without validation improvement (0 disables)"),
     Arg("eval_every", 1, "evaluate on the validation set every this many epochs"),
     Arg("eval_batch_size", 1024, "users per evaluation batch"),
+    Arg("split", "loo", "evaluation split: loo (leave-one-out) or temporal (the seeds' global past/future split)", str,
+        ("loo", "temporal")),
+    Arg("split_fraction", 0.8, "temporal split: fraction of interactions (by time) in the training past"),
     Arg("metric", "ndcg@10", "validation metric for model selection and early stopping", str),
     Arg("exclude_history", True, "exclude the user's past items from full-ranking evaluation", None),
     Arg("eval_negatives", 100, "sampled protocol: negatives per user at test time (0 skips it)"),
@@ -190,6 +193,8 @@ def validate_config(cfg: dict) -> None:
         )
     if not 0.0 <= cfg["dropout_rate"] < 1.0:
         raise ValueError(f"--dropout_rate must be in [0, 1), got {cfg['dropout_rate']}")
+    if not 0.0 < float(cfg.get("split_fraction", 0.8)) < 1.0:
+        raise ValueError(f"--split_fraction must be in (0, 1), got {cfg['split_fraction']}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
     metric = str(cfg["metric"])

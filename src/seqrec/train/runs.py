@@ -37,7 +37,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
         raise FileNotFoundError(f"{ckpt_path} not found (the run has not finished an evaluation yet?)")
     dev = pick_device(device)
     ds = resolve_dataset(cfg["dataset"], prepare_if_missing=False)
-    split = ds.leave_one_out()
+    split = ds.eval_split(cfg.get("split", "loo"), cfg.get("split_fraction", 0.8))
     model = build_model(cfg["model"], n_items=ds.n_items, **cfg).to(dev)
     state = torch.load(ckpt_path, map_location=dev, weights_only=False)
     model.load_state_dict(state["model"])
@@ -49,9 +49,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
 
 def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives=100, device="auto", log=print) -> dict:
     run = load_run(run_dir, checkpoint, device)
-    loo = run.dataset.leave_one_out()
-    users = loo.eval_users
-    pos = (loo.test_pos if split == "test" else loo.valid_pos)[users - 1]
+    sp = run.dataset.eval_split(run.cfg.get("split", "loo"), run.cfg.get("split_fraction", 0.8))
+    users, pos = (sp.test_users, sp.test_pos) if split == "test" else (sp.valid_users, sp.valid_pos)
     kw = dict(device=run.device, ks=KS, batch_size=run.cfg.get("eval_batch_size", 1024),
               exclude_history=run.cfg.get("exclude_history", True))
     out = {"full": evaluate(run.model, run.batcher, users, pos, protocol="full", **kw)}

@@ -219,23 +219,23 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
         torch.autograd.set_detect_anomaly(True)
 
     ds = resolve_dataset(cfg["dataset"], log=log)
-    split = ds.leave_one_out()
+    split = ds.eval_split(cfg["split"], cfg["split_fraction"])
     model = build_model(cfg["model"], n_items=ds.n_items, **cfg).to(device)
     batcher = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, split.train_end, cfg["maxlen"],
                               with_time=model_cls.uses_time)
     train_users = batcher.train_users()
-    eval_users = split.eval_users
+    valid_users, valid_pos, test_users, test_pos = split.valid_users, split.valid_pos, split.test_users, split.test_pos
     if cfg.get("debug_users"):
         pick = np.random.default_rng(cfg["seed"]).permutation(ds.n_users)[: cfg["debug_users"]] + 1
         train_users = np.intersect1d(train_users, pick)
-        eval_users = np.intersect1d(eval_users, pick)
-    valid_pos = split.valid_pos[eval_users - 1]
-    test_pos = split.test_pos[eval_users - 1]
+        vk, tk = np.isin(valid_users, pick), np.isin(test_users, pick)
+        valid_users, valid_pos, test_users, test_pos = valid_users[vk], valid_pos[vk], test_users[tk], test_pos[tk]
     shard = slice(rank, None, world)  # this rank's evaluation users
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg['model']}{' + mHC' if cfg.get('mhc') else ''} on {ds.name}: {ds.n_users:,} users, "
         f"{ds.n_items:,} items, {len(ds):,} interactions; {len(train_users):,} training sequences, "
-        f"{len(eval_users):,} evaluated users; {n_params:,} parameters; device {device}"
+        f"{split.name} split, {len(valid_users):,} / {len(test_users):,} validation / test users; "
+        f"{n_params:,} parameters; device {device}"
         + (f" x {world} processes" if world > 1 else "") + (" [debug profile]" if cfg.get("debug") else ""))
 
     loss_fn = get_loss(cfg["loss"])
@@ -287,8 +287,8 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
             st["log_offset"] = tracker.offset()
             save_checkpoint(run_dir / name, model, optimizer, scheduler, scaler, st)
 
-    def run_eval(pos, protocol="full", **kw):
-        m = evaluate(model, batcher, eval_users[shard], pos[shard], protocol=protocol, **eval_kw, **kw)
+    def run_eval(users, pos, protocol="full", **kw):
+        m = evaluate(model, batcher, users[shard], pos[shard], protocol=protocol, **eval_kw, **kw)
         return _reduce_metrics(m, device if device.type == "cuda" else torch.device("cpu"))
 
     t_start = time.perf_counter() - st["train_time_s"]
@@ -399,7 +399,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
         early_stop = False
         if epoch % cfg["eval_every"] == 0 or stop or epoch == cfg["num_epochs"]:
             t_eval = time.perf_counter()
-            valid = run_eval(valid_pos)
+            valid = run_eval(valid_users, valid_pos)
             record.update({f"valid_{k}": v for k, v in valid.items() if "@" in k})
             record["eval_time_s"] = time.perf_counter() - t_eval
             msg += f"  valid {_format_metrics(valid)}  ({record['eval_time_s']:.1f}s)"
@@ -432,10 +432,11 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
     model.load_state_dict(ckpt["model"])
     result = {"protocol_full": "full ranking over all items"
               + (", user's history items excluded" if cfg["exclude_history"] else ""),
-              "valid_full": run_eval(valid_pos), "test_full": run_eval(test_pos)}
+              "split": split.name, "valid_full": run_eval(valid_users, valid_pos),
+              "test_full": run_eval(test_users, test_pos)}
     if cfg["eval_negatives"]:
         result["protocol_sampled"] = f"{cfg['eval_negatives']} uniform negatives not in the user's history"
-        result["test_sampled"] = run_eval(test_pos, "sampled", n_negatives=cfg["eval_negatives"], seed=cfg["seed"])
+        result["test_sampled"] = run_eval(test_users, test_pos, "sampled", n_negatives=cfg["eval_negatives"], seed=cfg["seed"])
     result.update(best_epoch=st["best_epoch"], epochs_run=epoch, steps=st["step"], train_time_s=train_time,
                   model=cfg["model"], mhc=bool(cfg.get("mhc")), dataset=ds.name, device=str(device), world_size=world)
     tracker.log(kind="test", **result)
