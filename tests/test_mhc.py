@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from chain_task import assert_learns_chain, chain_batch, next_item_loss
 
 from seqrec.models import SASRecConfig, TiSASRecConfig, build_model
 from seqrec.models.layers import (
@@ -200,26 +201,6 @@ def test_model_at_init_is_close_to_plain(name):
 
 
 # --- learning ------------------------------------------------------------------------------
-def _next_item_loss(model, batch):
-    inp = {k: v[:, :-1] for k, v in batch.items()}
-    target = batch["items"][:, 1:]
-    logits = model.score_all(model(inp))
-    logits[..., 0] = float("-inf")
-    keep = (inp["items"] != 0) & (target != 0)
-    return F.cross_entropy(logits[keep], target[keep])
-
-
-def chain_batch(B, L, n_items, g):
-    """Sequences following the chain 1 -> 2 -> ... -> n -> 1, random start and length."""
-    start = torch.randint(1, n_items + 1, (B, 1), generator=g)
-    seq = (start - 1 + torch.arange(L)) % n_items + 1
-    lengths = torch.randint(3, L + 1, (B,), generator=g)
-    valid = torch.arange(L)[None, :] >= (L - lengths)[:, None]
-    gaps = torch.randint(0, 5000, (B, L), generator=g)
-    ts = (1_500_000_000 + torch.cumsum(gaps, dim=1)) * valid
-    return {"items": (seq * valid).long(), "timestamps": ts.long()}
-
-
 def stream_spread(model, batch):
     """Max over real positions of max_i |x_i - mean(x)| at the last block, relative to the
     RMS of the merged stream."""
@@ -250,7 +231,7 @@ def test_streams_diverge_and_h_res_learns():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(20):
-        loss = _next_item_loss(model, chain_batch(32, L, n_items, g))
+        loss = next_item_loss(model, chain_batch(32, L, n_items, g))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -281,24 +262,7 @@ def test_overfits_item_chain_with_mhc(name):
     torch.manual_seed(0)
     model = build_model(name, n_items, hidden_units=32, num_blocks=1, num_heads=2,
                         dropout_rate=0.0, maxlen=L, mhc=True)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(1)
-    model.train()
-    first = None
-    for _ in range(60):
-        loss = _next_item_loss(model, chain_batch(32, L, n_items, g))
-        first = loss.item() if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        loss = _next_item_loss(model, chain_batch(256, L, n_items, g))
-        test_batch = chain_batch(256, L, n_items, g)
-        pred = model.predict(test_batch)[:, 1:].argmax(-1) + 1
-    assert loss.item() < 0.1 * first
-    target = test_batch["items"][:, -1] % n_items + 1
-    assert (pred == target).float().mean() > 0.9
+    assert_learns_chain(model, n_items, L)
 
 
 # --- causality and padding --------------------------------------------------------------------

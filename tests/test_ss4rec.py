@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from chain_task import assert_learns_chain, chain_batch, next_item_loss
 
 from seqrec.data.splits import leave_one_out
 from seqrec.models import SS4Rec, SS4RecConfig, SequentialRecommender, build_model, get_model_class
@@ -203,50 +204,13 @@ def test_runs_on_batcher_windows():
     assert model.predict(ev).shape == (len(users), N_ITEMS + 1)
 
 
-def _next_item_loss(model, batch):
-    inp = {k: v[:, :-1] for k, v in batch.items()}
-    target = batch["items"][:, 1:]
-    logits = model.score_all(model(inp))
-    logits[..., 0] = float("-inf")
-    keep = (inp["items"] != 0) & (target != 0)
-    return F.cross_entropy(logits[keep], target[keep])
-
-
-def chain_batch(B, L, n_items, g):
-    """Sequences following the chain 1 -> 2 -> ... -> n -> 1, random start, length and gaps."""
-    start = torch.randint(1, n_items + 1, (B, 1), generator=g)
-    seq = (start - 1 + torch.arange(L)) % n_items + 1
-    lengths = torch.randint(3, L + 1, (B,), generator=g)
-    valid = torch.arange(L)[None, :] >= (L - lengths)[:, None]
-    t = 1_500_000_000 + torch.cumsum(torch.randint(0, 5000, (B, L + 1), generator=g), dim=1)
-    return {"items": (seq * valid).long(), "timestamps": (t[:, :-1] * valid).long(),
-            "next_timestamps": (t[:, 1:] * valid).long()}
-
-
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_overfits_item_chain(ablation):
     n_items, L = 20, 8
     torch.manual_seed(0)
     model = build_model("ss4rec", n_items, hidden_units=32, num_blocks=1, dropout_rate=0.0, maxlen=L,
                         s5_state=16, d_state=16, ablation=ablation)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(1)
-    model.train()
-    first = None
-    for _ in range(60):
-        loss = _next_item_loss(model, chain_batch(32, L, n_items, g))
-        first = loss.item() if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        loss = _next_item_loss(model, chain_batch(256, L, n_items, g))
-        test_batch = chain_batch(256, L, n_items, g)
-        pred = model.predict(test_batch)[:, 1:].argmax(-1) + 1
-    assert loss.item() < 0.1 * first
-    target = test_batch["items"][:, -1] % n_items + 1
-    assert (pred == target).float().mean() > 0.9
+    assert_learns_chain(model, n_items, L)
 
 
 @pytest.mark.parametrize(
