@@ -103,6 +103,22 @@ def right_positions(length: int, maxlen: int, device: torch.device) -> Tensor:
     return torch.arange(length - 1, -1, -1, device=device)
 
 
+def transformer_blocks(c: SASRecConfig, attn_cls: type[nn.Module], residual_cls) -> nn.ModuleList:
+    """``c.num_blocks`` blocks of [``attn_cls`` attention, point-wise feed-forward], each
+    sub-layer wrapped in ``residual_cls`` (shared by SASRec and TiSASRec)."""
+    d = c.hidden_units
+    return nn.ModuleList(
+        TransformerBlock(
+            attn_cls(d, c.num_heads, c.dropout_rate, c.attn_impl),
+            PointWiseFeedForward(d, c.inner_size or d, c.dropout_rate, c.activation),
+            d,
+            norm_first=c.norm_first,
+            residual_cls=residual_cls,
+        )
+        for _ in range(c.num_blocks)
+    )
+
+
 @register_model("sasrec")
 class SASRec(SequentialRecommender):
     """SASRec. ``SASRec(n_items, SASRecConfig(...))``; see module docstring."""
@@ -120,16 +136,7 @@ class SASRec(SequentialRecommender):
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(c.maxlen, d)
         self.emb_dropout = Dropout(c.dropout_rate)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                CausalSelfAttention(d, c.num_heads, c.dropout_rate, c.attn_impl),
-                PointWiseFeedForward(d, c.inner_size or d, c.dropout_rate, c.activation),
-                d,
-                norm_first=c.norm_first,
-                residual_cls=self.residual_cls,
-            )
-            for _ in range(c.num_blocks)
-        )
+        self.blocks = transformer_blocks(c, CausalSelfAttention, self.residual_cls)
         self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()
         self.apply(partial(init_transformer_weights, std=d**-0.5))
 

@@ -50,16 +50,14 @@ from torch import Tensor, nn
 from seqrec.models.layers.dropout import Dropout, dropout
 from seqrec.models.base import SequentialRecommender, init_transformer_weights
 from seqrec.models.layers.attention import TimeIntervalSelfAttention, causal_padding_mask
-from seqrec.models.layers.feedforward import PointWiseFeedForward
 from seqrec.models.layers.mhc import residual_from_config
 from seqrec.models.layers.residual import (
     Residual,
     ResidualFactory,
-    TransformerBlock,
     apply_mask,
 )
 from seqrec.models.registry import register_model
-from seqrec.models.sasrec import SASRecConfig, check_transformer_config, right_positions
+from seqrec.models.sasrec import SASRecConfig, check_transformer_config, right_positions, transformer_blocks
 
 TIME_UNITS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -150,16 +148,7 @@ class TiSASRec(SequentialRecommender):
         self.rel_k_emb = nn.Embedding(c.time_span + 1, d)
         self.rel_v_emb = nn.Embedding(c.time_span + 1, d)
         self.emb_dropout = Dropout(c.dropout_rate)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                TimeIntervalSelfAttention(d, c.num_heads, c.dropout_rate, c.attn_impl),
-                PointWiseFeedForward(d, c.inner_size or d, c.dropout_rate, c.activation),
-                d,
-                norm_first=c.norm_first,
-                residual_cls=self.residual_cls,
-            )
-            for _ in range(c.num_blocks)
-        )
+        self.blocks = transformer_blocks(c, TimeIntervalSelfAttention, self.residual_cls)
         self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()
         self.apply(partial(init_transformer_weights, std=d**-0.5))
 
