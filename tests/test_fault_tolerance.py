@@ -139,3 +139,14 @@ def test_ddp_two_processes_match_single_process(ds, tmp_path):
     for m in ("hr@10", "ndcg@10"):
         assert got["test_full"][m] == pytest.approx(single["test_full"][m], abs=0.02)
         assert got["valid_full"][m] == pytest.approx(single["valid_full"][m], abs=0.02)
+
+
+def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):
+    from seqrec.utils.io import remove_stale_temps
+
+    (tmp_path / ".best.pt.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".ds.x1.tmp").mkdir()
+    (tmp_path / "best.pt").write_bytes(b"whole")
+    removed = remove_stale_temps(tmp_path)
+    assert len(removed) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]

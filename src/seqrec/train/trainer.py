@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from ..data.datasets import resolve_dataset
 from ..models import build_model, get_model_class
 from ..track.sinks import Tracker, truncate_log
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, remove_stale_temps
 from .batches import NegativeSampler, SequenceBatcher
 from .config import save_config, validate_config
 from .evaluation import evaluate
@@ -270,6 +270,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
         st.update(ckpt["state"])
         if is_main:
             truncate_log(run_dir / "metrics.jsonl", st["log_offset"])
+            remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
         rng.bit_generator.state = st["rng_now"]
         log(f"resumed from {run_dir / 'last.pt'}: epoch {st['epoch']}, {st['batch_in_epoch']} batches into it, "
             f"step {st['step']}")
