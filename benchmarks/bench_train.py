@@ -37,6 +37,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--bucket", type=int, default=32, help="length bucketing (0 = plain shuffle, like pmixer)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval_repeats", type=int, default=5, help="evaluation times are the median of this many calls")
     ap.add_argument("--extra", default="", help="more model kwargs, k=v,k=v (e.g. mhc=1)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -79,12 +80,16 @@ def main(argv=None) -> dict:
         n += len(u)
     train_s = time.perf_counter() - t0
     users = loo.eval_users
-    t0 = time.perf_counter()
-    evaluate(model, b, users, loo.test_pos[users - 1], protocol="full", batch_size=1024)
-    full_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    evaluate(model, b, users, loo.test_pos[users - 1], protocol="sampled", n_negatives=100, batch_size=1024)
-    sampled_s = time.perf_counter() - t0
+
+    def timed(protocol: str) -> float:  # median of `--eval_repeats` calls (one call is noisy)
+        times = []
+        for _ in range(args.eval_repeats):
+            t0 = time.perf_counter()
+            evaluate(model, b, users, loo.test_pos[users - 1], protocol=protocol, n_negatives=100, batch_size=1024)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    full_s, sampled_s = timed("full"), timed("sampled")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out = {"dataset": ds.name, "model": args.model, "maxlen": args.maxlen, "hidden": args.hidden, "loss": args.loss,
            "attn_impl": args.attn_impl, "bucket": args.bucket, "extra": args.extra, "train_seq_per_s": n / train_s,

@@ -192,6 +192,21 @@ def test_negatives_are_valid_and_distinct():
         assert min(row) >= 1 and max(row) <= n_items
 
 
+def test_dense_and_binary_search_membership_draw_the_same_negatives(monkeypatch):
+    import seqrec.eval.protocols as protocols
+
+    n_items = 80
+    gen = torch.Generator().manual_seed(9)
+    targets = torch.randint(1, n_items + 1, (150,), generator=gen)
+    lists = [torch.randint(1, n_items + 1, (30,), generator=gen).tolist() for _ in range(150)]
+    dense = sample_negatives(targets, n_items, 40, history=make_history(lists), seed=4)
+    monkeypatch.setattr(protocols, "DENSE_MEMBERSHIP_CELLS", 0)  # force the binary search
+    searched = sample_negatives(targets, n_items, 40, history=make_history(lists), seed=4)
+    assert torch.equal(dense, searched)
+    for u, row in enumerate(searched.tolist()):
+        assert not set(row) & set(lists[u])
+
+
 def test_negatives_reproducible_with_seed():
     targets = torch.randint(1, 1001, (300,))
     a = sample_negatives(targets, 1000, 50, seed=11)

@@ -274,3 +274,30 @@ def test_tisasrec_requires_timestamps():
     model = make_model("tisasrec").eval()
     with pytest.raises(ValueError, match="timestamps"):
         model({"items": make_batch()["items"]})
+
+
+def test_one_pass_additive_mask_equals_boolean_construction():
+    from seqrec.models.layers.attention import additive_mask, causal_padding_additive_mask, causal_padding_mask
+
+    valid = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    expected = additive_mask(causal_padding_mask(valid))
+    got = causal_padding_additive_mask(valid)
+    assert got.shape == expected.shape == (4, 1, 5, 5)
+    assert torch.equal(got, expected)
+    assert torch.isfinite(got.diagonal(dim1=-2, dim2=-1)).all()  # every query may attend itself
+
+
+def test_fused_qkv_projection_equals_separate_linears():
+    from seqrec.models.layers.attention import CausalSelfAttention
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 2, 0.0)
+    x = torch.randn(3, 7, 16)
+    q, k, v = attn.project_qkv(x)
+    torch.testing.assert_close(q, attn.q_proj(x))
+    torch.testing.assert_close(k, attn.k_proj(x))
+    torch.testing.assert_close(v, attn.v_proj(x))
+    q1, k1, v1 = attn.project_qkv(x, last_only=True)
+    torch.testing.assert_close(q1, attn.q_proj(x[:, -1:]))
+    torch.testing.assert_close(k1, k)
+    torch.testing.assert_close(v1, v)

@@ -274,18 +274,38 @@ def _sampling_weights(
     return weights
 
 
+# Up to this many (row, item) cells, history membership is a dense boolean table (one gather
+# per check); beyond it, a binary search over sorted (row, item) keys. Both give the same answer.
+DENSE_MEMBERSHIP_CELLS = 1 << 26
+
+
+class _HistoryMembership:
+    """``contains(rows, items)``: is ``items[r, j]`` in the history of row ``rows[r]``?"""
+
+    def __init__(self, hist_keys: Tensor, n_rows: int, n_items: int):
+        self.keys, self.width, self.dense = hist_keys, n_items + 1, None
+        if n_rows * self.width <= DENSE_MEMBERSHIP_CELLS:
+            self.dense = torch.zeros(n_rows * self.width, dtype=torch.bool)
+            self.dense[hist_keys] = True
+
+    def contains(self, row_ids: Tensor, block: Tensor) -> Tensor:
+        keys = row_ids[:, None] * self.width + block
+        if self.dense is not None:
+            return self.dense[keys]
+        found = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
+        return self.keys[found] == keys  # keys are sorted: membership by binary search
+
+
 def _invalid_negatives(
-    block: Tensor, row_ids: Tensor, row_targets: Tensor, hist_keys: Tensor | None, n_items: int
+    block: Tensor, row_ids: Tensor, row_targets: Tensor, membership: _HistoryMembership | None
 ) -> Tensor:
     """``[r, k]`` mask of negatives to redraw: the target, history items, repeated items.
 
     Of equal items in a row, the first (by column) is kept and the later ones are redrawn.
     """
     bad = block == row_targets[:, None]
-    if hist_keys is not None and hist_keys.numel():
-        keys = row_ids[:, None] * (n_items + 1) + block
-        found = torch.searchsorted(hist_keys, keys).clamp_(max=hist_keys.numel() - 1)
-        bad |= hist_keys[found] == keys  # hist_keys is sorted: membership by binary search
+    if membership is not None:
+        bad |= membership.contains(row_ids, block)
     values, order = block.sort(dim=1, stable=True)
     repeated = torch.zeros_like(bad)
     repeated.scatter_(1, order[:, 1:], values[:, 1:] == values[:, :-1])
@@ -381,10 +401,12 @@ def sample_negatives(
     negatives = draw(n_rows * n_negatives).view(n_rows, n_negatives)
     if n_negatives == 0:
         return negatives
+    membership = (_HistoryMembership(hist_keys, n_rows, n_items)
+                  if hist_keys is not None and hist_keys.numel() else None)
     rows = torch.arange(n_rows)
     for round_ in range(max_rounds + 1):
         block = negatives[rows]
-        bad = _invalid_negatives(block, rows, targets[rows], hist_keys, n_items)
+        bad = _invalid_negatives(block, rows, targets[rows], membership)
         has_bad = bad.any(1)
         rows, block, bad = rows[has_bad], block[has_bad], bad[has_bad]
         if rows.numel() == 0:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from seqrec.models.layers.dropout import Dropout
 from seqrec.models.base import SequentialRecommender, init_transformer_weights
-from seqrec.models.layers.attention import ATTN_IMPLS, CausalSelfAttention, additive_mask, causal_padding_mask
+from seqrec.models.layers.attention import ATTN_IMPLS, CausalSelfAttention, causal_padding_additive_mask
 from seqrec.models.layers.feedforward import ACTIVATIONS, PointWiseFeedForward
 from seqrec.models.layers.mhc import check_mhc_config, residual_from_config
 from seqrec.models.layers.residual import (
@@ -155,7 +155,7 @@ class SASRec(SequentialRecommender):
         pos = right_positions(L, self.config.maxlen, items.device)  # (L,)
         h = self.item_emb(items) * math.sqrt(self.config.hidden_units) + self.pos_emb(pos)
         h = apply_mask(self.emb_dropout(h), valid)  # (B, L, D)
-        attn_mask = additive_mask(causal_padding_mask(valid))  # (B, 1, L, L), 0 / -inf
+        attn_mask = causal_padding_additive_mask(valid)  # (B, 1, L, L), 0 / -inf
         x = self.residual_cls.expand_streams(h)
         for i, block in enumerate(self.blocks):
             last = last_only and i == len(self.blocks) - 1  # the final block: one query

@@ -55,6 +55,20 @@ def additive_mask(allowed: Tensor) -> Tensor:
     return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
+def causal_padding_additive_mask(valid: Tensor) -> Tensor:
+    """``additive_mask(causal_padding_mask(valid))`` built in one pass over ``[B, 1, L, L]``:
+    a shared causal ``[L, L]`` part plus a per-key padding ``[B, L]`` part, then the
+    diagonal (always allowed) reset to 0."""
+    L = valid.shape[1]
+    neg_inf = torch.full((), float("-inf"), device=valid.device)
+    zero = torch.zeros((), device=valid.device)
+    causal = torch.triu(torch.full((L, L), float("-inf"), device=valid.device), diagonal=1)  # (L, L)
+    keys = torch.where(valid, zero, neg_inf)  # (B, L)
+    mask = causal[None, None] + keys[:, None, None, :]  # (B, 1, L, L)
+    mask.diagonal(dim1=-2, dim2=-1).zero_()
+    return mask
+
+
 def _split_heads(x: Tensor, n_heads: int) -> Tensor:
     B, L, D = x.shape
     return x.view(B, L, n_heads, D // n_heads).transpose(1, 2)  # (B, H, L, Dh)
@@ -88,13 +102,25 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.out_dropout = Dropout(dropout)
 
+    def project_qkv(self, x: Tensor, last_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """``q, k, v`` of ``x`` [B, L, D] (``q`` of the last position only when ``last_only``).
+
+        The projections are separate modules (readable state dicts) but run as one matmul
+        with the weights concatenated: one pass over ``x`` instead of three.
+        """
+        if last_only:
+            kv = F.linear(x, torch.cat([self.k_proj.weight, self.v_proj.weight]),
+                          torch.cat([self.k_proj.bias, self.v_proj.bias]))
+            return (self.q_proj(x[:, -1:]), *kv.chunk(2, dim=-1))
+        qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]),
+                       torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
+        return qkv.chunk(3, dim=-1)
+
     def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
         """``last_only``: queries from the last position only -> ``[B, 1, D]``."""
         if last_only:
             attn_mask = attn_mask[..., -1:, :]
-        q = _split_heads(self.q_proj(x[:, -1:] if last_only else x), self.n_heads)  # (B, H, Lq, Dh)
-        k = _split_heads(self.k_proj(x), self.n_heads)
-        v = _split_heads(self.v_proj(x), self.n_heads)
+        q, k, v = (_split_heads(t, self.n_heads) for t in self.project_qkv(x, last_only))  # (B, H, L, Dh)
         p = self.dropout if self.training else 0.0
         # On CPU, SDPA with dropout falls back to an unfused path that is slower than the
         # manual one with seqrec's byte dropout; the fused kernel serves everything else.
@@ -158,9 +184,10 @@ class TimeIntervalSelfAttention(CausalSelfAttention):
         if last_only:  # queries from the last position only -> [B, 1, D]
             attn_mask, relation = attn_mask[..., -1:, :], relation[:, -1:, :]
         Lq = relation.shape[1]
-        q = _split_heads(self.q_proj(x[:, -1:] if last_only else x), H)  # (B, H, Lq, Dh)
-        k = _split_heads(self.k_proj(x) + pos_k, H)  # (B, H, L, Dh)
-        v = _split_heads(self.v_proj(x) + pos_v, H)  # (B, H, L, Dh)
+        q, k, v = self.project_qkv(x, last_only)
+        q = _split_heads(q, H)  # (B, H, Lq, Dh)
+        k = _split_heads(k + pos_k, H)  # (B, H, L, Dh)
+        v = _split_heads(v + pos_v, H)  # (B, H, L, Dh)
         scale = 1.0 / math.sqrt(Dh)
         p = self.dropout if self.training else 0.0
 
