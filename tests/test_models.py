@@ -72,7 +72,9 @@ def test_shapes_and_scoring(name):
     "name,extra",
     [
         ("sasrec", {}),
+        ("sasrec", {"emb_norm": True, "norm_first": False, "init_std": 0.02}),  # RecBole-style
         ("tisasrec", {"time_personalize": True}),  # causal in-window scale
+        ("tisasrec", {"emb_norm": True}),
         ("tisasrec", {"time_personalize": False, "time_unit": "minute"}),
     ],
 )
@@ -254,6 +256,7 @@ def test_defaults_match_seed():
         (dict(num_blocks=0), "change --num_blocks"),
         (dict(time_unit="week"), "change --time_unit"),
         (dict(time_span=0), "change --time_span"),
+        (dict(init_std=-0.1), "change --init_std"),
     ],
 )
 def test_invalid_config_messages(kwargs, match):
@@ -301,3 +304,19 @@ def test_fused_qkv_projection_equals_separate_linears():
     torch.testing.assert_close(q1, attn.q_proj(x[:, -1:]))
     torch.testing.assert_close(k1, k)
     torch.testing.assert_close(v1, v)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_emb_norm_and_init_std_options(name):
+    torch.manual_seed(0)
+    plain = make_model(name)
+    torch.manual_seed(0)
+    normed = make_model(name, emb_norm=True)
+    assert sum(p.numel() for p in normed.parameters()) == sum(p.numel() for p in plain.parameters()) + 2 * 16
+    batch = make_batch(B=2, L=6)
+    assert not torch.allclose(plain.eval()(batch), normed.eval()(batch))
+    torch.manual_seed(0)
+    small = make_model(name, init_std=0.02)
+    std = small.item_embedding_weight()[1:].std().item()
+    default_std = plain.item_embedding_weight()[1:].std().item()
+    assert abs(std - 0.02) < 0.003 and abs(default_std - 16 ** -0.5) < 0.06

@@ -21,7 +21,8 @@ Design (see also docs in :mod:`seqrec.models.base` and :mod:`seqrec.models.layer
   the plain model's function (exactly for one stream).
 * **Output**: a final LayerNorm in pre-LN mode (post-LN outputs are already normalised),
   padding rows zero; item scores use the (tied) input item embeddings.
-* **Init**: see :func:`seqrec.models.base.init_transformer_weights`.
+* **Init**: see :func:`seqrec.models.base.init_transformer_weights` (``init_std`` sets the
+  embeddings' std; ``emb_norm`` adds a LayerNorm on the input embeddings, as RecBole does).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class SASRecConfig:
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (readable reference)
     activation: str = "relu"  # feed-forward activation: "relu" (paper) or "gelu"
     inner_size: int = 0  # feed-forward width; 0 = hidden_units (the paper; RecBole uses 4x)
+    emb_norm: bool = False  # LayerNorm on the input embeddings before dropout (RecBole / FMLP-Rec style)
+    init_std: float = 0.0  # std of the embedding init; 0 = hidden_units ** -0.5
     # mHC (Manifold-Constrained Hyper-Connections, seqrec.models.layers.mhc)
     mhc: bool = False  # replace every residual by an mHC hyper-connection
     mhc_expansion_rate: int = 4  # number of parallel residual streams n
@@ -90,6 +93,8 @@ def check_transformer_config(cfg: SASRecConfig) -> None:
             f"activation must be one of {tuple(sorted(ACTIVATIONS))}, got {cfg.activation!r}: "
             "change --activation"
         )
+    if isinstance(cfg.init_std, bool) or not isinstance(cfg.init_std, (int, float)) or cfg.init_std < 0:
+        raise ValueError(f"init_std must be >= 0 (0: hidden_units ** -0.5), got {cfg.init_std!r}: change --init_std")
     check_mhc_config(cfg)
 
 
@@ -135,10 +140,11 @@ class SASRec(SequentialRecommender):
         self.residual_cls = residual_from_config(c, residual_cls)  # Residual or the mHC factory
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(c.maxlen, d)
+        self.emb_norm = nn.LayerNorm(d) if c.emb_norm else nn.Identity()
         self.emb_dropout = Dropout(c.dropout_rate)
         self.blocks = transformer_blocks(c, CausalSelfAttention, self.residual_cls)
         self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()
-        self.apply(partial(init_transformer_weights, std=d**-0.5))
+        self.apply(partial(init_transformer_weights, std=c.init_std or d**-0.5))
 
     @classmethod
     def validate_config(cls, cfg: SASRecConfig) -> None:
@@ -154,7 +160,7 @@ class SASRec(SequentialRecommender):
         valid = items != 0  # (B, L)
         pos = right_positions(L, self.config.maxlen, items.device)  # (L,)
         h = self.item_emb(items) * math.sqrt(self.config.hidden_units) + self.pos_emb(pos)
-        h = apply_mask(self.emb_dropout(h), valid)  # (B, L, D)
+        h = apply_mask(self.emb_dropout(self.emb_norm(h)), valid)  # (B, L, D)
         attn_mask = causal_padding_additive_mask(valid)  # (B, 1, L, L), 0 / -inf
         x = self.residual_cls.expand_streams(h)
         for i, block in enumerate(self.blocks):

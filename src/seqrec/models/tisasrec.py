@@ -147,10 +147,11 @@ class TiSASRec(SequentialRecommender):
         self.pos_v_emb = nn.Embedding(c.maxlen, d)
         self.rel_k_emb = nn.Embedding(c.time_span + 1, d)
         self.rel_v_emb = nn.Embedding(c.time_span + 1, d)
+        self.emb_norm = nn.LayerNorm(d) if c.emb_norm else nn.Identity()
         self.emb_dropout = Dropout(c.dropout_rate)
         self.blocks = transformer_blocks(c, TimeIntervalSelfAttention, self.residual_cls)
         self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()
-        self.apply(partial(init_transformer_weights, std=d**-0.5))
+        self.apply(partial(init_transformer_weights, std=c.init_std or d**-0.5))
 
     @classmethod
     def validate_config(cls, cfg: TiSASRecConfig) -> None:
@@ -197,7 +198,7 @@ class TiSASRec(SequentialRecommender):
         valid = items != 0  # (B, L)
         relation = self.relation_matrix(batch, valid)  # (B, L, L)
         pos = right_positions(L, c.maxlen, items.device)  # (L,)
-        h = apply_mask(self.emb_dropout(self.item_emb(items) * math.sqrt(d)), valid)
+        h = apply_mask(self.emb_dropout(self.emb_norm(self.item_emb(items) * math.sqrt(d))), valid)
         pos_k = dropout(self.pos_k_emb(pos).expand(B, L, d), p, self.training)  # (B, L, D)
         pos_v = dropout(self.pos_v_emb(pos).expand(B, L, d), p, self.training)
         rel_k = dropout(self.rel_k_emb.weight, p, self.training)  # (S, D)
