@@ -30,6 +30,18 @@ def test_every_seed_argument_has_its_default():
     assert "dataset" in defaults and "train_dir" in defaults and "device" in defaults
 
 
+def test_model_options_are_documented_in_help(capsys):
+    from seqrec.train.config import model_arguments
+
+    docs = {k: h for k, (_, h) in model_arguments().items()}
+    assert docs["emb_norm"].startswith("sasrec: LayerNorm on the input embeddings")
+    assert docs["s5_state"].startswith("ss4rec: S5 complex state size")
+    assert docs["time_scale"].startswith("ss4rec: unit of the S5 time gaps")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "Mamba causal conv width" in capsys.readouterr().out
+
+
 def test_lr_schedule_warmup_then_step_decay():
     f = lr_lambda(warmup_steps=10, steps_per_epoch=5, decay_step=2, decay_rate=0.5)
     assert f(0) == pytest.approx(0.1)

@@ -110,11 +110,30 @@ def model_arguments() -> dict[str, tuple[Any, str]]:
 
     out: dict[str, tuple[Any, str]] = {}
     for name in available_models():
-        for f in dataclasses.fields(get_model_class(name).config_class):
+        cls = get_model_class(name).config_class
+        comments = _field_comments(cls)
+        for f in dataclasses.fields(cls):
             if f.name in ARG_BY_NAME or f.name in out or f.name == "mhc":
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None
-            out[f.name] = (default, f"{name}: model option (see the model's config class)")
+            out[f.name] = (default, f"{name}: {comments.get(f.name, 'model option (see its config class)')}")
+    return out
+
+
+def _field_comments(config_class) -> dict[str, str]:
+    """``{field: comment}`` from the ``name: type = default  # comment`` lines of a config
+    dataclass and its bases (the comments are the options' documentation)."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for klass in reversed(config_class.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$", source, re.M):
+            out[m.group(1)] = m.group(2).strip().replace("%", "%%")  # argparse formats help
     return out
 
 
