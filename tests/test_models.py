@@ -72,9 +72,9 @@ def test_shapes_and_scoring(name):
     "name,extra",
     [
         ("sasrec", {}),
-        ("sasrec", {"emb_norm": True, "norm_first": False, "init_std": 0.02}),  # RecBole-style
+        ("sasrec", {"embed_norm": True, "norm_first": False, "init_std": 0.02}),  # RecBole-style
         ("tisasrec", {"time_personalize": True}),  # causal in-window scale
-        ("tisasrec", {"emb_norm": True}),
+        ("tisasrec", {"embed_norm": True}),
         ("tisasrec", {"time_personalize": False, "time_unit": "minute"}),
     ],
 )
@@ -280,10 +280,10 @@ def test_tisasrec_requires_timestamps():
 
 
 def test_one_pass_additive_mask_equals_boolean_construction():
-    from seqrec.models.layers.attention import additive_mask, causal_padding_additive_mask, causal_padding_mask
+    from seqrec.models.layers.attention import causal_padding_additive_mask, causal_padding_mask
 
     valid = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
-    expected = additive_mask(causal_padding_mask(valid))
+    expected = torch.zeros(4, 1, 5, 5).masked_fill(~causal_padding_mask(valid), float("-inf"))
     got = causal_padding_additive_mask(valid)
     assert got.shape == expected.shape == (4, 1, 5, 5)
     assert torch.equal(got, expected)
@@ -307,11 +307,11 @@ def test_fused_qkv_projection_equals_separate_linears():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_emb_norm_and_init_std_options(name):
+def test_embed_norm_and_init_std_options(name):
     torch.manual_seed(0)
     plain = make_model(name)
     torch.manual_seed(0)
-    normed = make_model(name, emb_norm=True)
+    normed = make_model(name, embed_norm=True)
     assert sum(p.numel() for p in normed.parameters()) == sum(p.numel() for p in plain.parameters()) + 2 * 16
     batch = make_batch(B=2, L=6)
     assert not torch.allclose(plain.eval()(batch), normed.eval()(batch))

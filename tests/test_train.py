@@ -34,7 +34,9 @@ def test_model_options_are_documented_in_help(capsys):
     from seqrec.train.config import model_arguments
 
     docs = {k: h for k, (_, h) in model_arguments().items()}
-    assert docs["emb_norm"].startswith("sasrec: LayerNorm on the input embeddings")
+    assert docs["embed_norm"].startswith("sasrec: LayerNorm on the input embeddings")
+    assert "; ss4rec: dropout + LayerNorm on the item embeddings" in docs["embed_norm"]  # shared name
+    assert "tisasrec:" not in docs["embed_norm"]  # same description as SASRec's: listed once
     assert docs["s5_state"].startswith("ss4rec: S5 complex state size")
     assert docs["time_scale"].startswith("ss4rec: unit of the S5 time gaps")
     with pytest.raises(SystemExit):

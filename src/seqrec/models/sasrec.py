@@ -22,7 +22,7 @@ Design (see also docs in :mod:`seqrec.models.base` and :mod:`seqrec.models.layer
 * **Output**: a final LayerNorm in pre-LN mode (post-LN outputs are already normalised),
   padding rows zero; item scores use the (tied) input item embeddings.
 * **Init**: see :func:`seqrec.models.base.init_transformer_weights` (``init_std`` sets the
-  embeddings' std; ``emb_norm`` adds a LayerNorm on the input embeddings, as RecBole does).
+  embeddings' std; ``embed_norm`` adds a LayerNorm on the input embeddings, as RecBole does).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class SASRecConfig:
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (readable reference)
     activation: str = "relu"  # feed-forward activation: "relu" (paper) or "gelu"
     inner_size: int = 0  # feed-forward width; 0 = hidden_units (the paper; RecBole uses 4x)
-    emb_norm: bool = False  # LayerNorm on the input embeddings before dropout (RecBole / FMLP-Rec style)
+    embed_norm: bool = False  # LayerNorm on the input embeddings, then dropout (RecBole / FMLP-Rec order)
     init_std: float = 0.0  # std of the embedding init; 0 = hidden_units ** -0.5
     # mHC (Manifold-Constrained Hyper-Connections, seqrec.models.layers.mhc)
     mhc: bool = False  # replace every residual by an mHC hyper-connection
@@ -140,7 +140,7 @@ class SASRec(SequentialRecommender):
         self.residual_cls = residual_from_config(c, residual_cls)  # Residual or the mHC factory
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(c.maxlen, d)
-        self.emb_norm = nn.LayerNorm(d) if c.emb_norm else nn.Identity()
+        self.emb_norm = nn.LayerNorm(d) if c.embed_norm else nn.Identity()
         self.emb_dropout = Dropout(c.dropout_rate)
         self.blocks = transformer_blocks(c, CausalSelfAttention, self.residual_cls)
         self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()

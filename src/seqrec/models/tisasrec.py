@@ -147,7 +147,7 @@ class TiSASRec(SequentialRecommender):
         self.pos_v_emb = nn.Embedding(c.maxlen, d)
         self.rel_k_emb = nn.Embedding(c.time_span + 1, d)
         self.rel_v_emb = nn.Embedding(c.time_span + 1, d)
-        self.emb_norm = nn.LayerNorm(d) if c.emb_norm else nn.Identity()
+        self.emb_norm = nn.LayerNorm(d) if c.embed_norm else nn.Identity()
         self.emb_dropout = Dropout(c.dropout_rate)
         self.blocks = transformer_blocks(c, TimeIntervalSelfAttention, self.residual_cls)
         self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()

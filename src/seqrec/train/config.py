@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,23 +104,30 @@ def _str2bool(v: str) -> bool:
 
 def model_arguments() -> dict[str, tuple[Any, str]]:
     """Config fields of the registered models that the table above does not list (e.g.
-    SS4Rec's ``s5_state``), as ``{name: (default, help)}``; later models don't override."""
+    SS4Rec's ``s5_state``), as ``{name: (default, help)}``. A field several models share
+    keeps the first model's default; its help lists each model's own description."""
     import dataclasses
 
     from ..models import available_models, get_model_class
 
-    out: dict[str, tuple[Any, str]] = {}
+    defaults: dict[str, Any] = {}
+    helps: dict[str, list[str]] = {}
     for name in available_models():
         cls = get_model_class(name).config_class
         comments = _field_comments(cls)
         for f in dataclasses.fields(cls):
-            if f.name in ARG_BY_NAME or f.name in out or f.name == "mhc":
+            if f.name in ARG_BY_NAME or f.name == "mhc":
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else None
-            out[f.name] = (default, f"{name}: {comments.get(f.name, 'model option (see its config class)')}")
-    return out
+            if f.name not in defaults:
+                defaults[f.name] = f.default if f.default is not dataclasses.MISSING else None
+                helps[f.name] = []
+            comment = comments.get(f.name, "model option (see its config class)")
+            if not any(h.endswith(f": {comment}") for h in helps[f.name]):  # TiSASRec repeats SASRec's
+                helps[f.name].append(f"{name}: {comment}")
+    return {k: (defaults[k], "; ".join(helps[k])) for k in defaults}
 
 
+@functools.cache
 def _field_comments(config_class) -> dict[str, str]:
     """``{field: comment}`` from the ``name: type = default  # comment`` lines of a config
     dataclass and its bases (the comments are the options' documentation)."""

@@ -45,25 +45,19 @@ def causal_padding_mask(valid: Tensor) -> Tensor:
     return allowed[:, None]  # (B, 1, L, L), broadcasts over heads
 
 
-def additive_mask(allowed: Tensor) -> Tensor:
-    """Float mask (0 where allowed, -inf elsewhere) from a boolean one.
+def causal_padding_additive_mask(valid: Tensor) -> Tensor:
+    """The float form of :func:`causal_padding_mask` (0 where allowed, -inf elsewhere),
+    ``[B, 1, L, L]``.
 
     SDPA converts a boolean mask to this form on every call (a ``where`` over ``[B, 1, L, L]``,
     ~15% of CPU inference time); a model builds it once per forward and shares it across
-    blocks. Both attention paths accept either form.
+    blocks. Both attention paths accept either form. Built in one pass: a shared causal
+    ``[L, L]`` part plus a per-key padding ``[B, L]`` part, then the diagonal (always
+    allowed) reset to 0.
     """
-    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, float("-inf"))
-
-
-def causal_padding_additive_mask(valid: Tensor) -> Tensor:
-    """``additive_mask(causal_padding_mask(valid))`` built in one pass over ``[B, 1, L, L]``:
-    a shared causal ``[L, L]`` part plus a per-key padding ``[B, L]`` part, then the
-    diagonal (always allowed) reset to 0."""
     L = valid.shape[1]
-    neg_inf = torch.full((), float("-inf"), device=valid.device)
-    zero = torch.zeros((), device=valid.device)
     causal = torch.triu(torch.full((L, L), float("-inf"), device=valid.device), diagonal=1)  # (L, L)
-    keys = torch.where(valid, zero, neg_inf)  # (B, L)
+    keys = torch.zeros(valid.shape, device=valid.device).masked_fill_(~valid, float("-inf"))  # (B, L)
     mask = causal[None, None] + keys[:, None, None, :]  # (B, 1, L, L)
     mask.diagonal(dim1=-2, dim2=-1).zero_()
     return mask
