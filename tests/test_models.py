@@ -320,3 +320,36 @@ def test_embed_norm_and_init_std_options(name):
     std = small.item_embedding_weight()[1:].std().item()
     default_std = plain.item_embedding_weight()[1:].std().item()
     assert abs(std - 0.02) < 0.003 and abs(default_std - 16 ** -0.5) < 0.06
+
+
+@pytest.mark.parametrize("name", MODELS + ["ss4rec"])
+def test_score_dropout_regularises_training_scores_only(name):
+    """score_dropout drops entries of the scoring item table in training mode only: the same
+    hidden state gets different full-ranking scores in training, the exact tied-embedding
+    scores in evaluation, and the CE loss still back-propagates into the embedding."""
+    model = make_model(name, score_dropout=0.5) if name != "ss4rec" else build_model(
+        "ss4rec", N_ITEMS, hidden_units=16, num_blocks=1, maxlen=24, score_dropout=0.5)
+    hidden = torch.randn(3, 16)
+    exact = hidden @ model.item_embedding_weight().t()
+    model.eval()
+    torch.testing.assert_close(model.score_all(hidden), exact)
+    items = torch.randint(1, N_ITEMS + 1, (3, 4))
+    torch.testing.assert_close(model.score_items(hidden, items), exact.gather(-1, items))
+    model.train()
+    dropped = model.output_embedding()
+    zero = dropped == 0
+    assert 0.3 < zero[1:].float().mean().item() < 0.7  # about half of the entries dropped
+    kept = ~zero
+    torch.testing.assert_close(dropped[kept], model.item_embedding_weight()[kept] * 2.0)  # 1 / (1 - p)
+    assert not torch.allclose(model.score_all(hidden), exact)
+    loss = F.cross_entropy(model.score_all(hidden), torch.tensor([1, 2, 3]))
+    loss.backward()
+    assert model.item_embedding_weight().grad is not None and model.item_embedding_weight().grad.abs().sum() > 0
+    default = make_model("sasrec")
+    assert default.train().output_embedding() is default.item_embedding_weight()  # off by default
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "0.2"])
+def test_score_dropout_rejects_bad_rates(bad):
+    with pytest.raises(ValueError, match="score_dropout must be in \\[0, 1\\).*--score_dropout"):
+        make_model("sasrec", score_dropout=bad)

@@ -34,9 +34,10 @@ def test_model_options_are_documented_in_help(capsys):
     from seqrec.train.config import model_arguments
 
     docs = {k: h for k, (_, h) in model_arguments().items()}
-    assert docs["embed_norm"].startswith("sasrec: LayerNorm on the input embeddings")
+    assert docs["embed_norm"].startswith("sasrec, tisasrec: LayerNorm on the input embeddings")
     assert "; ss4rec: dropout + LayerNorm on the item embeddings" in docs["embed_norm"]  # shared name
-    assert "tisasrec:" not in docs["embed_norm"]  # same description as SASRec's: listed once
+    assert docs["embed_norm"].count("LayerNorm on the input embeddings") == 1  # one description, listed once
+    assert docs["score_dropout"].startswith("sasrec, ss4rec, tisasrec: dropout on the item table")
     assert docs["s5_state"].startswith("ss4rec: S5 complex state size")
     assert docs["time_scale"].startswith("ss4rec: unit of the S5 time gaps")
     with pytest.raises(SystemExit):

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from seqrec.models.layers.dropout import dropout
+
 
 class SequentialRecommender(nn.Module):
     """Base class: tied-embedding scoring on top of a per-position hidden state.
@@ -52,6 +54,9 @@ class SequentialRecommender(nn.Module):
             raise ValueError(
                 f"{cls.__name__} expects a {cls.config_class.__name__}, got {type(cfg).__name__}"
             )
+        p = getattr(cfg, "score_dropout", 0.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"score_dropout must be in [0, 1), got {p!r}: change --score_dropout")
 
     @classmethod
     def config_from_kwargs(cls, **kwargs: Any):
@@ -69,12 +74,20 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError
 
     # --- scoring -------------------------------------------------------------------------
+    def output_embedding(self) -> Tensor:
+        """The item table the scores use: :meth:`item_embedding_weight`, with dropout of rate
+        ``config.score_dropout`` (when the config has one and is > 0) in training mode only
+        (RecTools/eSASRec regularise the scoring side this way). Evaluation never sees it."""
+        weight = self.item_embedding_weight()
+        p = float(getattr(self.config, "score_dropout", 0.0) or 0.0)
+        return dropout(weight, p, self.training) if p > 0 else weight
+
     def score_all(self, hidden: Tensor) -> Tensor:
         """Scores of every item, ``[..., D] -> [..., n_items + 1]``.
 
         Column 0 is the padding item; callers mask it (e.g. set it to ``-inf``).
         """
-        return hidden @ self.item_embedding_weight().t()
+        return hidden @ self.output_embedding().t()
 
     def score_items(self, hidden: Tensor, items: Tensor) -> Tensor:
         """Scores of chosen items: ``hidden [..., D]``, ``items [..., K]`` -> ``[..., K]``.
@@ -88,7 +101,7 @@ class SequentialRecommender(nn.Module):
                 f"score_items: items {tuple(items.shape)} must be hidden's leading dims "
                 f"{tuple(hidden.shape[:-1])} plus a candidate dim K"
             )
-        emb = self.item_embedding_weight()[items]  # (..., K, D)
+        emb = self.output_embedding()[items]  # (..., K, D)
         return (emb @ hidden.unsqueeze(-1)).squeeze(-1)
 
     #: ``forward(batch, last_only=True)`` computes only the last position's output (the

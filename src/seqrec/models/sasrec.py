@@ -61,6 +61,7 @@ class SASRecConfig:
     inner_size: int = 0  # feed-forward width; 0 = hidden_units (the paper; RecBole uses 4x)
     embed_norm: bool = False  # LayerNorm on the input embeddings, then dropout (RecBole / FMLP-Rec order)
     init_std: float = 0.0  # std of the embedding init; 0 = hidden_units ** -0.5
+    score_dropout: float = 0.0  # dropout on the item table used for scoring, training only (RecTools/eSASRec)
     # mHC (Manifold-Constrained Hyper-Connections, seqrec.models.layers.mhc)
     mhc: bool = False  # replace every residual by an mHC hyper-connection
     mhc_expansion_rate: int = 4  # number of parallel residual streams n

@@ -109,6 +109,7 @@ class SS4RecConfig:
     ablation: str = "full"  # full | s5_only | mamba_only
     use_fast_path: bool = True  # mamba_ssm's fused selective scan on CUDA when installed
     embed_norm: bool = False  # dropout + LayerNorm on the item embeddings (off: official code)
+    score_dropout: float = 0.0  # dropout on the item table used for scoring, training only (RecTools/eSASRec)
 
 
 def time_gaps(timestamps: Tensor, next_timestamps: Tensor | None, valid: Tensor, unit_seconds: int) -> Tensor:

@@ -111,7 +111,7 @@ def model_arguments() -> dict[str, tuple[Any, str]]:
     from ..models import available_models, get_model_class
 
     defaults: dict[str, Any] = {}
-    helps: dict[str, list[str]] = {}
+    helps: dict[str, dict[str, list[str]]] = {}  # field -> {comment: [models with it]}
     for name in available_models():
         cls = get_model_class(name).config_class
         comments = _field_comments(cls)
@@ -120,11 +120,11 @@ def model_arguments() -> dict[str, tuple[Any, str]]:
                 continue
             if f.name not in defaults:
                 defaults[f.name] = f.default if f.default is not dataclasses.MISSING else None
-                helps[f.name] = []
+                helps[f.name] = {}
             comment = comments.get(f.name, "model option (see its config class)")
-            if not any(h.endswith(f": {comment}") for h in helps[f.name]):  # TiSASRec repeats SASRec's
-                helps[f.name].append(f"{name}: {comment}")
-    return {k: (defaults[k], "; ".join(helps[k])) for k in defaults}
+            helps[f.name].setdefault(comment, []).append(name)  # TiSASRec inherits SASRec's
+    return {k: (defaults[k], "; ".join(f"{', '.join(models)}: {comment}" for comment, models in helps[k].items()))
+            for k in defaults}
 
 
 @functools.cache

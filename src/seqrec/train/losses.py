@@ -74,7 +74,7 @@ def sampled_softmax_loss(model, h, targets, negatives=None, **_):
     hm = h[mask]
     t = targets[mask]
     pos = model.score_items(hm, t.unsqueeze(-1))  # (M, 1)
-    neg = hm @ model.item_embedding_weight()[negatives].T  # (M, N)
+    neg = hm @ model.output_embedding()[negatives].T  # (M, N)
     neg = neg.masked_fill(negatives.unsqueeze(0) == t.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos, neg], dim=1).float()
     return F.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long, device=h.device))
