@@ -76,6 +76,8 @@ def test_shapes_and_scoring(name):
         ("tisasrec", {"time_personalize": True}),  # causal in-window scale
         ("tisasrec", {"embed_norm": True}),
         ("tisasrec", {"time_personalize": False, "time_unit": "minute"}),
+        ("sasrec", {"positions": "start"}),
+        ("tisasrec", {"positions": "start"}),
     ],
 )
 def test_causality(name, extra, attn_impl):
@@ -111,8 +113,9 @@ def test_tisasrec_causal_with_given_time_scale():
 
 @pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
 @pytest.mark.parametrize("name", MODELS)
-def test_left_padding_invariance(name, attn_impl):
-    model = make_model(name, attn_impl=attn_impl).eval()
+@pytest.mark.parametrize("positions", ["end", "start"])
+def test_left_padding_invariance(name, attn_impl, positions):
+    model = make_model(name, attn_impl=attn_impl, positions=positions).eval()
     batch = make_batch(B=4, L=8)
     extra = 5
     padded = {k: F.pad(v, (extra, 0)) for k, v in batch.items()}
@@ -353,3 +356,29 @@ def test_score_dropout_regularises_training_scores_only(name):
 def test_score_dropout_rejects_bad_rates(bad):
     with pytest.raises(ValueError, match="score_dropout must be in \\[0, 1\\).*--score_dropout"):
         make_model("sasrec", score_dropout=bad)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_start_positions_make_every_slot_look_like_a_test_time_prefix(name):
+    """positions="start" (RecBole's indexing): the output at slot j of a full window equals the
+    last output for the prefix of length j + 1 on its own -- what the model sees at test time --
+    so a loss on every position trains exactly the test-time computation. With the default
+    "end" indexing the prefix's last slot has index 0 instead of L-1-j, so the two differ."""
+    from seqrec.models.sasrec import position_ids
+
+    valid = torch.tensor([[False, False, True, True, True], [True] * 5])
+    assert position_ids(valid, 8, "start").tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert position_ids(valid, 8, "end").tolist() == [4, 3, 2, 1, 0]
+    batch = make_batch(B=3, L=7, min_len=7)
+    for positions, same in (("start", True), ("end", False)):
+        model = make_model(name, positions=positions).eval()
+        full = model(batch)
+        for j in (0, 3, 5):
+            prefix = {k: F.pad(v[:, : j + 1], (6 - j, 0)) for k, v in batch.items()}  # right-aligned
+            last = model(prefix)[:, -1]
+            assert torch.allclose(last, full[:, j], atol=1e-5) is same, (positions, j)
+
+
+def test_positions_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="positions must be one of .*change --positions"):
+        make_model("sasrec", positions="left")

@@ -9,6 +9,9 @@ Design (see also docs in :mod:`seqrec.models.base` and :mod:`seqrec.models.layer
   windows this equals the original fixed-``maxlen`` indexing (where the last element is
   always ``maxlen - 1``), and it makes hidden states independent of how much left padding
   a batch carries (e.g. batches trimmed to their longest sequence). ``L <= maxlen``.
+  ``positions="start"`` counts from the first real item of each row's window instead
+  (RecBole's indexing): with the loss on every position, a target's slot then has the same
+  position index in training as at test time.
 * **Blocks**: ``[residual(causal MHA), residual(point-wise FFN)]``, pre-LN
   (``x + f(LN(x))``, ``norm_first=True``, the SASRec code's placement) or post-LN
   (``LN(x + f(x))``); padding positions are zeroed after every block. Keys, values and
@@ -47,6 +50,8 @@ from seqrec.models.layers.residual import (
 )
 from seqrec.models.registry import register_model
 
+POSITIONS = ("end", "start")
+
 
 @dataclass
 class SASRecConfig:
@@ -62,6 +67,7 @@ class SASRecConfig:
     embed_norm: bool = False  # LayerNorm on the input embeddings, then dropout (RecBole / FMLP-Rec order)
     init_std: float = 0.0  # std of the embedding init; 0 = hidden_units ** -0.5
     score_dropout: float = 0.0  # dropout on the item table used for scoring, training only (RecTools/eSASRec)
+    positions: str = "end"  # position index counted from the window's end (SASRec code) or "start" (RecBole)
     # mHC (Manifold-Constrained Hyper-Connections, seqrec.models.layers.mhc)
     mhc: bool = False  # replace every residual by an mHC hyper-connection
     mhc_expansion_rate: int = 4  # number of parallel residual streams n
@@ -89,6 +95,10 @@ def check_transformer_config(cfg: SASRecConfig) -> None:
         raise ValueError(
             f"attn_impl must be one of {ATTN_IMPLS}, got {cfg.attn_impl!r}: change --attn_impl"
         )
+    if cfg.positions not in POSITIONS:
+        raise ValueError(
+            f"positions must be one of {POSITIONS}, got {cfg.positions!r}: change --positions"
+        )
     if cfg.activation not in ACTIVATIONS:
         raise ValueError(
             f"activation must be one of {tuple(sorted(ACTIVATIONS))}, got {cfg.activation!r}: "
@@ -107,6 +117,22 @@ def right_positions(length: int, maxlen: int, device: torch.device) -> Tensor:
             f"--maxlen or raise --maxlen"
         )
     return torch.arange(length - 1, -1, -1, device=device)
+
+
+def position_ids(valid: Tensor, maxlen: int, mode: str) -> Tensor:
+    """Position indices for a right-aligned batch (``valid [B, L]``).
+
+    ``"end"``: :func:`right_positions`, ``[L]`` (shared by every row). ``"start"``: ``[B, L]``,
+    the first real item of each row's window is 0, the next 1, ... (padding gets 0): RecBole's
+    indexing, where the slot that predicts the k-th next item is position k - 1 in training
+    and at test time alike. Both are causal (position ``i`` depends on slots ``<= i`` only)
+    and independent of the amount of left padding.
+    """
+    L = valid.shape[1]
+    right = right_positions(L, maxlen, valid.device)  # also checks L <= maxlen
+    if mode == "end":
+        return right
+    return (valid.long().cumsum(dim=1) - 1).clamp_min(0)
 
 
 def transformer_blocks(c: SASRecConfig, attn_cls: type[nn.Module], residual_cls) -> nn.ModuleList:
@@ -159,7 +185,7 @@ class SASRec(SequentialRecommender):
         items = batch["items"]  # (B, L)
         B, L = items.shape
         valid = items != 0  # (B, L)
-        pos = right_positions(L, self.config.maxlen, items.device)  # (L,)
+        pos = position_ids(valid, self.config.maxlen, self.config.positions)  # (L,) or (B, L)
         h = self.item_emb(items) * math.sqrt(self.config.hidden_units) + self.pos_emb(pos)
         h = apply_mask(self.emb_dropout(self.emb_norm(h)), valid)  # (B, L, D)
         attn_mask = causal_padding_additive_mask(valid)  # (B, 1, L, L), 0 / -inf

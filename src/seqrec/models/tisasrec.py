@@ -57,7 +57,7 @@ from seqrec.models.layers.residual import (
     apply_mask,
 )
 from seqrec.models.registry import register_model
-from seqrec.models.sasrec import SASRecConfig, check_transformer_config, right_positions, transformer_blocks
+from seqrec.models.sasrec import SASRecConfig, check_transformer_config, position_ids, transformer_blocks
 
 TIME_UNITS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -197,7 +197,7 @@ class TiSASRec(SequentialRecommender):
         p = c.dropout_rate if self.training else 0.0
         valid = items != 0  # (B, L)
         relation = self.relation_matrix(batch, valid)  # (B, L, L)
-        pos = right_positions(L, c.maxlen, items.device)  # (L,)
+        pos = position_ids(valid, c.maxlen, c.positions)  # (L,) or (B, L)
         h = apply_mask(self.emb_dropout(self.emb_norm(self.item_emb(items) * math.sqrt(d))), valid)
         pos_k = dropout(self.pos_k_emb(pos).expand(B, L, d), p, self.training)  # (B, L, D)
         pos_v = dropout(self.pos_v_emb(pos).expand(B, L, d), p, self.training)
