@@ -78,9 +78,7 @@ class SequentialRecommender(nn.Module):
         """The item table the scores use: :meth:`item_embedding_weight`, with dropout of rate
         ``config.score_dropout`` (when the config has one and is > 0) in training mode only
         (RecTools/eSASRec regularise the scoring side this way). Evaluation never sees it."""
-        weight = self.item_embedding_weight()
-        p = float(getattr(self.config, "score_dropout", 0.0) or 0.0)
-        return dropout(weight, p, self.training) if p > 0 else weight
+        return dropout(self.item_embedding_weight(), getattr(self.config, "score_dropout", 0.0), self.training)
 
     def score_all(self, hidden: Tensor) -> Tensor:
         """Scores of every item, ``[..., D] -> [..., n_items + 1]``.
