@@ -34,3 +34,13 @@ def test_predict_fast_path_matches_full_forward(model, mhc, norm_first, impl):
         last = m(b, last_only=True)
     assert last.shape == (5, 1, 16)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["sasrec", "tisasrec"])
+def test_fast_path_with_reference_code_block_form(model):
+    torch.manual_seed(0)
+    m = build_model(model, n_items=40, hidden_units=16, num_heads=2, maxlen=12, num_blocks=2,
+                    block_form="sasrec", time_span=64).eval()
+    b = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(m.predict(b), m.score_all(m(b)[:, -1]), atol=1e-5, rtol=1e-5)

@@ -78,6 +78,8 @@ def test_shapes_and_scoring(name):
         ("tisasrec", {"time_personalize": False, "time_unit": "minute"}),
         ("sasrec", {"positions": "start"}),
         ("tisasrec", {"positions": "start"}),
+        ("sasrec", {"block_form": "sasrec", "init_scheme": "xavier"}),  # the reference code's
+        ("tisasrec", {"block_form": "sasrec"}),
     ],
 )
 def test_causality(name, extra, attn_impl):
@@ -113,9 +115,9 @@ def test_tisasrec_causal_with_given_time_scale():
 
 @pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("positions", ["end", "start"])
-def test_left_padding_invariance(name, attn_impl, positions):
-    model = make_model(name, attn_impl=attn_impl, positions=positions).eval()
+@pytest.mark.parametrize("positions,block_form", [("end", "standard"), ("start", "standard"), ("end", "sasrec")])
+def test_left_padding_invariance(name, attn_impl, positions, block_form):
+    model = make_model(name, attn_impl=attn_impl, positions=positions, block_form=block_form).eval()
     batch = make_batch(B=4, L=8)
     extra = 5
     padded = {k: F.pad(v, (extra, 0)) for k, v in batch.items()}
@@ -260,6 +262,11 @@ def test_defaults_match_seed():
         (dict(time_unit="week"), "change --time_unit"),
         (dict(time_span=0), "change --time_span"),
         (dict(init_std=-0.1), "change --init_std"),
+        (dict(block_form="gpt"), "change --block_form"),
+        (dict(block_form="sasrec", mhc=True), "use --no_mhc and --norm_first true, or --block_form standard"),
+        (dict(block_form="sasrec", norm_first=False), "use --no_mhc and --norm_first true"),
+        (dict(init_scheme="kaiming"), "change --init_scheme"),
+        (dict(init_scheme="xavier", init_std=0.02), "set --init_std 0 or --init_scheme normal"),
     ],
 )
 def test_invalid_config_messages(kwargs, match):
@@ -381,3 +388,61 @@ def test_start_positions_make_every_slot_look_like_a_test_time_prefix(name):
 def test_positions_rejects_unknown_mode():
     with pytest.raises(ValueError, match="positions must be one of .*change --positions"):
         make_model("sasrec", positions="left")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reference_code_block_form(name):
+    """block_form="sasrec" computes the reference code's block: ``h = LN(x)``, attention with
+    queries from ``h`` and keys/values from the raw ``x``, residual ``h + attn``; then
+    ``g = LN(.)``, ``g + FFN(g)``; a final LayerNorm. Checked against a hand-written forward."""
+    from seqrec.models.layers.residual import SASRecCodeResidual, apply_mask
+
+    model = make_model(name, block_form="sasrec", num_blocks=1).eval()
+    block = model.blocks[0]
+    assert isinstance(block.attn, SASRecCodeResidual) and isinstance(block.ffn, SASRecCodeResidual)
+    batch = make_batch(B=3, L=7)
+    valid = batch["items"] != 0
+    captured = {}
+    block.register_forward_pre_hook(lambda mod, args: captured.update(x=args[0]))
+    out = model(batch)
+    x = captured["x"]  # the block input (embeddings, padding zeroed)
+    attn, ffn = block.attn.sublayer, block.ffn.sublayer
+    h = block.attn.norm(x)
+    kw = {}
+    if name == "tisasrec":
+        kw = dict(relation=model.relation_matrix(batch, valid), pos_k=model.pos_k_emb(torch.arange(6, -1, -1)).expand(3, 7, 16),
+                  pos_v=model.pos_v_emb(torch.arange(6, -1, -1)).expand(3, 7, 16), rel_k=model.rel_k_emb.weight,
+                  rel_v=model.rel_v_emb.weight)
+        from seqrec.models.layers.attention import causal_padding_mask
+
+        mask = causal_padding_mask(valid)
+    else:
+        from seqrec.models.layers.attention import causal_padding_additive_mask
+
+        mask = causal_padding_additive_mask(valid)
+    a = h + attn(h, mask, kv=x, **kw)
+    g = block.ffn.norm(a)
+    expected = apply_mask(model.final_norm(apply_mask(g + ffn(g), valid)), valid)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    # keys/values really come from the raw stream: the standard pre-LN form differs
+    standard = make_model(name, num_blocks=1).eval()
+    standard.load_state_dict(model.state_dict())
+    assert not torch.allclose(standard(batch), out, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_xavier_init_scheme(name):
+    """init_scheme="xavier": every embedding table Xavier-normal (std sqrt(2 / (rows + D))),
+    padding row zero; linear layers keep their Xavier init."""
+    torch.manual_seed(0)
+    model = make_model(name, init_scheme="xavier", hidden_units=32, maxlen=200)
+    table = model.item_embedding_weight()
+    assert (table[0] == 0).all()
+    expected = (2 / (N_ITEMS + 1 + 32)) ** 0.5
+    assert abs(table[1:].std().item() - expected) < 0.1 * expected
+    pos = model.pos_emb.weight if name == "sasrec" else model.pos_k_emb.weight
+    assert abs(pos.std().item() - (2 / (200 + 32)) ** 0.5) < 0.01
+    # the default scheme: Normal(0, D ** -0.5)
+    torch.manual_seed(0)
+    default = make_model(name, hidden_units=32, maxlen=200)
+    assert abs(default.item_embedding_weight()[1:].std().item() - 32 ** -0.5) < 0.02

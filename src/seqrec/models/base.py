@@ -113,14 +113,17 @@ class SequentialRecommender(nn.Module):
         return self.score_all(self.forward(batch)[:, -1])
 
 
-def init_transformer_weights(module: nn.Module, std: float) -> None:
+def init_transformer_weights(module: nn.Module, std: float, scheme: str = "normal") -> None:
     """Initialisation shared by the transformer models (applied with ``Module.apply``).
 
     * ``Linear``: Xavier-uniform weight, zero bias (as in the SASRec/TiSASRec code bases,
       which Xavier-initialise their parameters);
     * ``Embedding``: ``Normal(0, std)`` and a zero padding row (the models pass
       ``std = D ** -0.5``, so item vectors start with unit expected norm and, after the
-      ``sqrt(D)`` input scaling, unit-variance components);
+      ``sqrt(D)`` input scaling, unit-variance components); with ``scheme="xavier"``
+      Xavier-normal instead (std ``sqrt(2 / (rows + D))``, as the SASRec/TiSASRec reference
+      code initialises every table: item vectors start small and position vectors at a
+      comparable scale after the ``sqrt(D)`` input scaling), padding row zero;
     * ``LayerNorm``: weight 1, bias 0.
     """
     if isinstance(module, nn.Linear):
@@ -128,7 +131,10 @@ def init_transformer_weights(module: nn.Module, std: float) -> None:
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if scheme == "xavier":
+            nn.init.xavier_normal_(module.weight)
+        else:
+            nn.init.normal_(module.weight, mean=0.0, std=std)
         if module.padding_idx is not None:
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()

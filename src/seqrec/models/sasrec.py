@@ -24,8 +24,10 @@ Design (see also docs in :mod:`seqrec.models.base` and :mod:`seqrec.models.layer
   the plain model's function (exactly for one stream).
 * **Output**: a final LayerNorm in pre-LN mode (post-LN outputs are already normalised),
   padding rows zero; item scores use the (tied) input item embeddings.
+* **Reference-code block** (``block_form="sasrec"``): ``h = LN(x); h + f(h)`` with attention
+  keys/values from the raw ``x`` (:class:`~seqrec.models.layers.residual.SASRecCodeResidual`).
 * **Init**: see :func:`seqrec.models.base.init_transformer_weights` (``init_std`` sets the
-  embeddings' std; ``embed_norm`` adds a LayerNorm on the input embeddings, as RecBole does).
+  embeddings' std; ``init_scheme="xavier"`` the reference code's Xavier-normal tables; ``embed_norm`` adds a LayerNorm on the input embeddings, as RecBole does).
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ from seqrec.models.layers.mhc import check_mhc_config, residual_from_config
 from seqrec.models.layers.residual import (
     Residual,
     ResidualFactory,
+    SASRecCodeResidual,
     TransformerBlock,
     apply_mask,
 )
 from seqrec.models.registry import register_model
 
 POSITIONS = ("end", "start")
+BLOCK_FORMS = ("standard", "sasrec")
+INIT_SCHEMES = ("normal", "xavier")
 
 
 @dataclass
@@ -68,6 +73,8 @@ class SASRecConfig:
     init_std: float = 0.0  # std of the embedding init; 0 = hidden_units ** -0.5
     score_dropout: float = 0.0  # dropout on the item table used for scoring, training only (RecTools/eSASRec)
     positions: str = "end"  # position index counted from the window's end (SASRec code) or "start" (RecBole)
+    block_form: str = "standard"  # "standard" pre/post-LN blocks, or "sasrec": the reference code's (queries normalised, keys/values raw, residual from LN(x))
+    init_scheme: str = "normal"  # embeddings Normal(0, init_std), or "xavier": Xavier-normal tables as the reference code
     # mHC (Manifold-Constrained Hyper-Connections, seqrec.models.layers.mhc)
     mhc: bool = False  # replace every residual by an mHC hyper-connection
     mhc_expansion_rate: int = 4  # number of parallel residual streams n
@@ -99,6 +106,21 @@ def check_transformer_config(cfg: SASRecConfig) -> None:
         raise ValueError(
             f"positions must be one of {POSITIONS}, got {cfg.positions!r}: change --positions"
         )
+    if cfg.block_form not in BLOCK_FORMS:
+        raise ValueError(
+            f"block_form must be one of {BLOCK_FORMS}, got {cfg.block_form!r}: change --block_form"
+        )
+    if cfg.block_form == "sasrec" and (cfg.mhc or not cfg.norm_first):
+        raise ValueError(
+            "block_form 'sasrec' is a pre-LN form without mHC: use --no_mhc and --norm_first true, "
+            "or --block_form standard"
+        )
+    if cfg.init_scheme not in INIT_SCHEMES:
+        raise ValueError(
+            f"init_scheme must be one of {INIT_SCHEMES}, got {cfg.init_scheme!r}: change --init_scheme"
+        )
+    if cfg.init_scheme == "xavier" and cfg.init_std:
+        raise ValueError("init_std applies to init_scheme 'normal' only: set --init_std 0 or --init_scheme normal")
     if cfg.activation not in ACTIVATIONS:
         raise ValueError(
             f"activation must be one of {tuple(sorted(ACTIVATIONS))}, got {cfg.activation!r}: "
@@ -135,6 +157,21 @@ def position_ids(valid: Tensor, maxlen: int, mode: str) -> Tensor:
     return (valid.long().cumsum(dim=1) - 1).clamp_min(0)
 
 
+def block_residual(c: SASRecConfig, override=None):
+    """The residual form of the blocks: :class:`SASRecCodeResidual` for ``block_form="sasrec"``,
+    else ``Residual`` or the mHC factory (:func:`residual_from_config`)."""
+    if c.block_form == "sasrec":
+        if override is not None:
+            raise ValueError("pass either residual_cls or block_form='sasrec', not both")
+        return SASRecCodeResidual
+    return residual_from_config(c, override)
+
+
+def init_weights(model: nn.Module, c: SASRecConfig) -> None:
+    """:func:`init_transformer_weights` with the config's scheme and embedding std."""
+    model.apply(partial(init_transformer_weights, std=c.init_std or c.hidden_units**-0.5, scheme=c.init_scheme))
+
+
 def transformer_blocks(c: SASRecConfig, attn_cls: type[nn.Module], residual_cls) -> nn.ModuleList:
     """``c.num_blocks`` blocks of [``attn_cls`` attention, point-wise feed-forward], each
     sub-layer wrapped in ``residual_cls`` (shared by SASRec and TiSASRec)."""
@@ -164,14 +201,14 @@ class SASRec(SequentialRecommender):
         super().__init__(n_items, config)
         c = self.config
         d = c.hidden_units
-        self.residual_cls = residual_from_config(c, residual_cls)  # Residual or the mHC factory
+        self.residual_cls = block_residual(c, residual_cls)  # Residual, SASRecCodeResidual or mHC
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(c.maxlen, d)
         self.emb_norm = nn.LayerNorm(d) if c.embed_norm else nn.Identity()
         self.emb_dropout = Dropout(c.dropout_rate)
         self.blocks = transformer_blocks(c, CausalSelfAttention, self.residual_cls)
         self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()
-        self.apply(partial(init_transformer_weights, std=c.init_std or d**-0.5))
+        init_weights(self, c)
 
     @classmethod
     def validate_config(cls, cfg: SASRecConfig) -> None:

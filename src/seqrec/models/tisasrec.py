@@ -42,22 +42,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from seqrec.models.layers.dropout import Dropout, dropout
-from seqrec.models.base import SequentialRecommender, init_transformer_weights
+from seqrec.models.base import SequentialRecommender
 from seqrec.models.layers.attention import TimeIntervalSelfAttention, causal_padding_mask
-from seqrec.models.layers.mhc import residual_from_config
 from seqrec.models.layers.residual import (
     Residual,
     ResidualFactory,
     apply_mask,
 )
 from seqrec.models.registry import register_model
-from seqrec.models.sasrec import SASRecConfig, check_transformer_config, position_ids, transformer_blocks
+from seqrec.models.sasrec import (
+    SASRecConfig,
+    block_residual,
+    check_transformer_config,
+    init_weights,
+    position_ids,
+    transformer_blocks,
+)
 
 TIME_UNITS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -140,7 +145,7 @@ class TiSASRec(SequentialRecommender):
         super().__init__(n_items, config)
         c = self.config
         d = c.hidden_units
-        self.residual_cls = residual_from_config(c, residual_cls)  # Residual or the mHC factory
+        self.residual_cls = block_residual(c, residual_cls)  # Residual, SASRecCodeResidual or mHC
         self.unit_seconds = TIME_UNITS[c.time_unit]
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_k_emb = nn.Embedding(c.maxlen, d)
@@ -151,7 +156,7 @@ class TiSASRec(SequentialRecommender):
         self.emb_dropout = Dropout(c.dropout_rate)
         self.blocks = transformer_blocks(c, TimeIntervalSelfAttention, self.residual_cls)
         self.final_norm = nn.LayerNorm(d) if c.norm_first else nn.Identity()
-        self.apply(partial(init_transformer_weights, std=c.init_std or d**-0.5))
+        init_weights(self, c)
 
     @classmethod
     def validate_config(cls, cfg: TiSASRecConfig) -> None:
