@@ -92,9 +92,9 @@ def test_time_scale_is_a_unit_change():
     assert not torch.allclose(days(batch), sec(batch))
 
 
-@pytest.mark.parametrize("ablation", ABLATIONS)
-def test_causality(ablation):
-    model = make_model(ablation=ablation).eval()
+@pytest.mark.parametrize("ablation,ffn", [(a, False) for a in ABLATIONS] + [("full", True)])
+def test_causality(ablation, ffn):
+    model = make_model(ablation=ablation, ffn=ffn).eval()
     batch = make_batch(B=3, L=8, min_len=8)
     base = model(batch)
     for j in (2, 5, 7):
@@ -120,9 +120,9 @@ def test_causality(ablation):
     assert not torch.allclose(out[:, -1], base[:, -1])
 
 
-@pytest.mark.parametrize("ablation", ABLATIONS)
-def test_left_padding_invariance(ablation):
-    model = make_model(ablation=ablation).eval()
+@pytest.mark.parametrize("ablation,ffn", [(a, False) for a in ABLATIONS] + [("full", True)])
+def test_left_padding_invariance(ablation, ffn):
+    model = make_model(ablation=ablation, ffn=ffn).eval()
     batch = make_batch(B=4, L=8)
     extra = 5
     padded = {k: F.pad(v, (extra, 0)) for k, v in batch.items()}
@@ -169,6 +169,28 @@ def test_embed_norm_and_fast_path_flags():
     e = make_model(embed_norm=True).eval()
     assert {"emb_norm.weight", "emb_norm.bias"} <= {n for n, _ in e.named_parameters()}
     assert (e(batch)[batch["items"] == 0] == 0).all()
+
+
+def test_ffn_option_adds_mamba4rec_feed_forward():
+    """ffn=True: each block ends with LN'(x + FFN(x)) (4x width, GELU), checked by hand."""
+    from seqrec.models.ssm import Mamba
+
+    plain, model = make_model().eval(), make_model(ffn=True).eval()
+    d = TINY["hidden_units"]
+    extra = {n: p.numel() for n, p in model.named_parameters()}.items() - {n: p.numel() for n, p in plain.named_parameters()}.items()
+    assert sum(v for _, v in extra) == TINY["num_blocks"] * ((d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * d)
+    block = model.blocks[-1]
+    assert block.ffn.fc1.out_features == 4 * d and isinstance(block.ffn.act, torch.nn.GELU)
+    seen = {}
+    block.ffn.register_forward_pre_hook(lambda mod, args: seen.update(x=args[0]))
+    batch = make_batch()
+    out = model(batch)
+    valid = (batch["items"] != 0)[..., None]
+    x = seen["x"]
+    fc = block.ffn
+    expected = block.ffn_norm(x + fc.fc2(F.gelu(fc.fc1(x)))) * valid
+    torch.testing.assert_close(out, expected)
+    assert isinstance(block.mamba, Mamba)
 
 
 def test_losses_work_through_scoring_interface():
@@ -228,6 +250,7 @@ def test_overfits_item_chain(ablation):
         (dict(time_scale="weeks"), "change --time_scale"),
         (dict(ablation="s6_only"), "change --ablation"),
         (dict(use_fast_path="yes"), "change --use_fast_path"),
+        (dict(ffn=1), "change --ffn"),
     ],
 )
 def test_invalid_config_messages(kwargs, match):

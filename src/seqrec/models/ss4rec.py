@@ -8,6 +8,7 @@ Architecture (config names in brackets; defaults are the official ``config_ml.ya
     repeat num_blocks times (SSBlock, post-norm residuals, one LayerNorm per block):
         h = LN(h + Dropout(S5(h, dt)))          time-aware SSM      (skipped: mamba_only)
         h = LN(h + Dropout(Mamba(h)))           relation-aware SSM  (skipped: s5_only)
+        (ffn: h = LN'(h + FFN(h)))               Mamba4Rec's feed-forward, off by default
     output h [B, L, hidden_units]; scores = h @ E^T (tied, base class)
 
 * **S5** (:class:`seqrec.models.ssm.S5`): ``s5_state`` complex diagonal states, HiPPO-LegS
@@ -69,6 +70,10 @@ Deviations from the official code (XiaoWei-i/SS4Rec, ``SS4Rec.py``):
   other sub-layer.
 * **Embedding dropout/LayerNorm**: defined but commented out in the official ``forward``;
   ``embed_norm=True`` turns them on (Mamba4Rec's order: dropout, then LayerNorm).
+* **Feed-forward** (``ffn=True``, off by default): the official block has none; Mamba4Rec
+  (Liu et al., 2024) follows its Mamba layer with a post-norm point-wise feed-forward
+  (``Linear(D, 4D) -> GELU -> Dropout -> Linear(4D, D) -> Dropout``, its own LayerNorm),
+  as the transformer blocks of SASRec have one.
 * **S5 internals** (:mod:`seqrec.models.ssm.s5`): same maths and initialisation as
   s5-pytorch 0.2.1 (which the official code uses), but ``Re(Lambda)`` is clipped to
   ``<= -1e-4`` (S5's ``clip_eigs``; unconstrained in s5-pytorch, where a positive real part
@@ -85,6 +90,7 @@ from torch import Tensor, nn
 
 from seqrec.models.base import SequentialRecommender
 from seqrec.models.layers.dropout import Dropout
+from seqrec.models.layers.feedforward import PointWiseFeedForward
 from seqrec.models.layers.residual import apply_mask
 from seqrec.models.registry import register_model
 from seqrec.models.ssm import S5, Mamba
@@ -110,6 +116,7 @@ class SS4RecConfig:
     use_fast_path: bool = True  # mamba_ssm's fused selective scan on CUDA when installed
     embed_norm: bool = False  # dropout + LayerNorm on the item embeddings (off: official code)
     score_dropout: float = 0.0  # dropout on the item table used for scoring, training only (RecTools/eSASRec)
+    ffn: bool = False  # post-norm point-wise feed-forward (4x, GELU) after each block's Mamba (Mamba4Rec; off: official)
 
 
 def time_gaps(timestamps: Tensor, next_timestamps: Tensor | None, valid: Tensor, unit_seconds: int) -> Tensor:
@@ -142,12 +149,17 @@ class SSBlock(nn.Module):
                       if cfg.ablation != "s5_only" else None)
         self.dropout = Dropout(cfg.dropout_rate)
         self.norm = nn.LayerNorm(d, eps=1e-12)  # shared by both residuals (official SSBlock)
+        if cfg.ffn:  # Mamba4Rec's feed-forward (dropout inside), with its own LayerNorm
+            self.ffn = PointWiseFeedForward(d, 4 * d, cfg.dropout_rate, "gelu")
+            self.ffn_norm = nn.LayerNorm(d, eps=1e-12)
 
     def forward(self, x: Tensor, dt: Tensor | None, valid: Tensor) -> Tensor:
         if self.s5 is not None:
             x = apply_mask(self.norm(x + self.dropout(self.s5(x, dt))), valid)
         if self.mamba is not None:
             x = apply_mask(self.norm(x + self.dropout(self.mamba(x, valid))), valid)
+        if hasattr(self, "ffn"):
+            x = apply_mask(self.ffn_norm(x + self.ffn(x)), valid)
         return x
 
 
@@ -169,7 +181,7 @@ def _check_config(cfg: SS4RecConfig) -> None:
                          "change --time_scale")
     if cfg.ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {cfg.ablation!r}: change --ablation")
-    for name in ("use_fast_path", "embed_norm"):
+    for name in ("use_fast_path", "embed_norm", "ffn"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}: change --{name}")
 
