@@ -266,6 +266,7 @@ def test_defaults_match_seed():
         (dict(block_form="sasrec", mhc=True), "use --no_mhc and --norm_first true, or --block_form standard"),
         (dict(block_form="sasrec", norm_first=False), "use --no_mhc and --norm_first true"),
         (dict(init_scheme="kaiming"), "change --init_scheme"),
+        (dict(embed_scale="no"), "change --embed_scale"),
         (dict(init_scheme="xavier", init_std=0.02), "set --init_std 0 or --init_scheme normal"),
     ],
 )
@@ -446,3 +447,17 @@ def test_xavier_init_scheme(name):
     torch.manual_seed(0)
     default = make_model(name, hidden_units=32, maxlen=200)
     assert abs(default.item_embedding_weight()[1:].std().item() - 32 ** -0.5) < 0.02
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_embed_scale_option(name):
+    """embed_scale=False feeds E[item] unscaled: with the sqrt(D) folded into the table the
+    model computes the same function."""
+    scaled = make_model(name).eval()
+    plain = make_model(name, embed_scale=False).eval()
+    state = scaled.state_dict()
+    plain.load_state_dict({**state, "item_emb.weight": state["item_emb.weight"] * 16 ** 0.5})
+    batch = make_batch()
+    h_plain, h_scaled = plain(batch), scaled(batch)
+    torch.testing.assert_close(h_plain, h_scaled, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(make_model(name, embed_scale=False).eval()(batch), h_scaled, atol=1e-3)

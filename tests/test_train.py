@@ -111,6 +111,40 @@ def test_losses_ignore_padding_positions(loss):
     assert torch.allclose(fn(m, h2, targets, **kw), base)
 
 
+def test_sampled_softmax_with_negatives_per_position():
+    """negatives [B, L, N] (RecTools/eSASRec): softmax over the target and that position's own
+    negatives, a negative equal to the target masked; shared negatives [N] are the special
+    case of every position drawing the same ones."""
+    m = _tiny_model().eval()
+    h = torch.randn(2, 3, 16)
+    targets = torch.tensor([[1, 2, 0], [4, 0, 6]])
+    negs = torch.randint(1, 21, (2, 3, 5))
+    negs[0, 0, 0] = 1  # equals that position's target: masked
+    E = m.item_embedding_weight()
+    terms = []
+    for b, i in zip(*torch.nonzero(targets > 0, as_tuple=True)):
+        cand = [int(targets[b, i])] + [int(n) for n in negs[b, i] if n != targets[b, i]]
+        logits = E[cand] @ h[b, i]
+        terms.append(-torch.log_softmax(logits, 0)[0])
+    fn = get_loss("sampled_softmax")
+    torch.testing.assert_close(fn(m, h, targets, negatives=negs), torch.stack(terms).mean())
+    shared = torch.arange(11, 16)
+    torch.testing.assert_close(fn(m, h, targets, negatives=shared),
+                               fn(m, h, targets, negatives=shared.expand(2, 3, 5)))
+
+
+def test_draw_negatives_shapes():
+    from seqrec.train.batches import draw_negatives
+
+    rng = np.random.default_rng(0)
+    targets = torch.zeros(4, 7, dtype=torch.long)
+    users = np.arange(1, 5)
+    assert draw_negatives("shared", users, targets, rng, None, 50, 9).shape == (9,)
+    per_pos = draw_negatives("shared", users, targets, rng, None, 50, 9, sharing="position")
+    assert per_pos.shape == (4, 7, 9) and int(per_pos.min()) >= 1 and int(per_pos.max()) <= 50
+    assert draw_negatives("none", users, targets, rng, None, 50, 9) is None
+
+
 def test_ce_loss_matches_manual_softmax():
     m = _tiny_model()
     h = torch.randn(2, 3, 16)
@@ -153,6 +187,19 @@ def test_train_end_to_end_learns_and_writes_run_folder(synthetic_ds, tmp_path):
     best = max(epochs, key=lambda e: e["valid_ndcg@10"])
     assert res["best_epoch"] == best["epoch"]
     assert res["valid_full"]["ndcg@10"] == pytest.approx(best["valid_ndcg@10"], abs=1e-9)
+
+
+def test_sampled_softmax_per_position_trains_the_reference_code_setup(synthetic_ds, tmp_path):
+    """The RecTools/eSASRec "SASRec+SS" recipe end to end: reference-code blocks, Xavier
+    tables without the sqrt(d) scale, score dropout, 64 negatives drawn per position."""
+    torch.set_num_threads(1)
+    cfg = _cfg(synthetic_ds, tmp_path / "ss", model="sasrec", loss="sampled_softmax", num_negatives=64,
+               negative_sharing="position", block_form="sasrec", init_scheme="xavier", embed_scale=False,
+               score_dropout=0.1, num_heads=1, num_blocks=1, num_epochs=6, lr=0.01)
+    res = train(cfg, log=lambda *_: None)
+    assert res["test_full"]["hr@10"] > 0.3  # chance: 10/80
+    saved = yaml.safe_load((tmp_path / "ss" / "config.yaml").read_text())
+    assert (saved["negative_sharing"], saved["block_form"], saved["embed_scale"]) == ("position", "sasrec", False)
 
 
 def test_training_is_reproducible_with_a_seed(synthetic_ds, tmp_path):

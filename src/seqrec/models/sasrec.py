@@ -2,8 +2,9 @@
 
 Design (see also docs in :mod:`seqrec.models.base` and :mod:`seqrec.models.layers`):
 
-* **Input**: ``E[item] * sqrt(D) + P[pos]``, embedding dropout, then padding positions are
-  zeroed (multiplied by the non-pad mask), as in the reference code.
+* **Input**: ``E[item] * sqrt(D) + P[pos]`` (``embed_scale=False``: no ``sqrt(D)``, as RecTools),
+  embedding dropout, then padding positions are zeroed (multiplied by the non-pad mask), as in
+  the reference code.
 * **Positions are counted from the right end**: in a window of length ``L`` position ``i``
   gets index ``L - 1 - i`` (the last element is always 0). With right-aligned, left-padded
   windows this equals the original fixed-``maxlen`` indexing (where the last element is
@@ -75,6 +76,7 @@ class SASRecConfig:
     positions: str = "end"  # position index counted from the window's end (SASRec code) or "start" (RecBole)
     block_form: str = "standard"  # "standard" pre/post-LN blocks, or "sasrec": the reference code's (queries normalised, keys/values raw, residual from LN(x))
     init_scheme: str = "normal"  # embeddings Normal(0, init_std), or "xavier": Xavier-normal tables as the reference code
+    embed_scale: bool = True  # multiply item embeddings by sqrt(hidden_units) on input (the paper; RecTools: off)
     # mHC (Manifold-Constrained Hyper-Connections, seqrec.models.layers.mhc)
     mhc: bool = False  # replace every residual by an mHC hyper-connection
     mhc_expansion_rate: int = 4  # number of parallel residual streams n
@@ -119,6 +121,8 @@ def check_transformer_config(cfg: SASRecConfig) -> None:
         raise ValueError(
             f"init_scheme must be one of {INIT_SCHEMES}, got {cfg.init_scheme!r}: change --init_scheme"
         )
+    if not isinstance(cfg.embed_scale, bool):
+        raise ValueError(f"embed_scale must be true or false, got {cfg.embed_scale!r}: change --embed_scale")
     if cfg.init_scheme == "xavier" and cfg.init_std:
         raise ValueError("init_std applies to init_scheme 'normal' only: set --init_std 0 or --init_scheme normal")
     if cfg.activation not in ACTIVATIONS:
@@ -203,6 +207,7 @@ class SASRec(SequentialRecommender):
         d = c.hidden_units
         self.residual_cls = block_residual(c, residual_cls)  # Residual, SASRecCodeResidual or mHC
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.input_scale = math.sqrt(d) if c.embed_scale else 1.0
         self.pos_emb = nn.Embedding(c.maxlen, d)
         self.emb_norm = nn.LayerNorm(d) if c.embed_norm else nn.Identity()
         self.emb_dropout = Dropout(c.dropout_rate)
@@ -223,7 +228,7 @@ class SASRec(SequentialRecommender):
         B, L = items.shape
         valid = items != 0  # (B, L)
         pos = position_ids(valid, self.config.maxlen, self.config.positions)  # (L,) or (B, L)
-        h = self.item_emb(items) * math.sqrt(self.config.hidden_units) + self.pos_emb(pos)
+        h = self.item_emb(items) * self.input_scale + self.pos_emb(pos)
         h = apply_mask(self.emb_dropout(self.emb_norm(h)), valid)  # (B, L, D)
         attn_mask = causal_padding_additive_mask(valid)  # (B, 1, L, L), 0 / -inf
         x = self.residual_cls.expand_streams(h)

@@ -148,6 +148,7 @@ class TiSASRec(SequentialRecommender):
         self.residual_cls = block_residual(c, residual_cls)  # Residual, SASRecCodeResidual or mHC
         self.unit_seconds = TIME_UNITS[c.time_unit]
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.input_scale = math.sqrt(d) if c.embed_scale else 1.0
         self.pos_k_emb = nn.Embedding(c.maxlen, d)
         self.pos_v_emb = nn.Embedding(c.maxlen, d)
         self.rel_k_emb = nn.Embedding(c.time_span + 1, d)
@@ -203,7 +204,7 @@ class TiSASRec(SequentialRecommender):
         valid = items != 0  # (B, L)
         relation = self.relation_matrix(batch, valid)  # (B, L, L)
         pos = position_ids(valid, c.maxlen, c.positions)  # (L,) or (B, L)
-        h = apply_mask(self.emb_dropout(self.emb_norm(self.item_emb(items) * math.sqrt(d))), valid)
+        h = apply_mask(self.emb_dropout(self.emb_norm(self.item_emb(items) * self.input_scale)), valid)
         pos_k = dropout(self.pos_k_emb(pos).expand(B, L, d), p, self.training)  # (B, L, D)
         pos_v = dropout(self.pos_v_emb(pos).expand(B, L, d), p, self.training)
         rel_k = dropout(self.rel_k_emb.weight, p, self.training)  # (S, D)

@@ -181,3 +181,22 @@ class NegativeSampler:
                 break
             cand[bad] = rng.integers(1, self.n_items + 1, size=int(bad.sum()))
         return cand
+
+
+def draw_negatives(kind: str, users: np.ndarray, targets: torch.Tensor, rng: np.random.Generator,
+                   sampler: NegativeSampler | None, n_items: int, num_negatives: int,
+                   sharing: str = "batch") -> torch.Tensor | None:
+    """The negatives a loss needs (``kind`` from :data:`seqrec.train.losses.NEGATIVES`):
+
+    * ``"per_position"``: one per position, ``[B, L]``, avoiding the user's training items;
+    * ``"shared"``: ``num_negatives`` uniform items, ``[N]`` shared by the batch
+      (``sharing="batch"``), or ``[B, L, N]`` drawn for every position (``"position"``, as
+      RecTools/eSASRec do); a negative equal to the target is masked by the loss;
+    * ``"none"``: ``None``.
+    """
+    if kind == "per_position":
+        return torch.from_numpy(sampler.sample(users, tuple(targets.shape[1:]), rng))
+    if kind == "shared":
+        shape = (*targets.shape, num_negatives) if sharing == "position" else (num_negatives,)
+        return torch.from_numpy(rng.integers(1, n_items + 1, size=shape))
+    return None

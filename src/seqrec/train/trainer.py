@@ -43,7 +43,7 @@ from ..data.datasets import resolve_dataset
 from ..models import build_model, get_model_class
 from ..track.sinks import Tracker, truncate_log
 from ..utils.io import atomic_path, remove_stale_temps
-from .batches import NegativeSampler, SequenceBatcher
+from .batches import NegativeSampler, SequenceBatcher, draw_negatives
 from .config import save_config, validate_config
 from .evaluation import evaluate
 from .losses import NEGATIVES, get_loss
@@ -311,20 +311,19 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
                    unit="batch", initial=st["batch_in_epoch"], total=len(batches))
         for users in batches[st["batch_in_epoch"]:]:
             global_batch = batcher.train_batch(users)
-            if neg_kind == "per_position":
-                global_batch["negatives"] = torch.from_numpy(
-                    sampler.sample(users, tuple(global_batch["targets"].shape[1:]), rng))
-            elif neg_kind == "shared":
-                global_batch["negatives"] = torch.from_numpy(rng.integers(1, ds.n_items + 1, size=cfg["num_negatives"]))
+            negatives = draw_negatives(neg_kind, users, global_batch["targets"], rng, sampler, ds.n_items,
+                                       cfg["num_negatives"], cfg["negative_sharing"])
+            if negatives is not None:
+                global_batch["negatives"] = negatives
             if world > 1:  # this rank's users; loss rescaled to the global batch's mean
                 batch = batcher.train_batch(users[rank::world])
                 n_mine = int((batch["targets"] > 0).sum())
                 n_all = int((global_batch["targets"] > 0).sum())
-                if neg_kind == "per_position":
+                if negatives is not None and negatives.dim() > 1:  # per position: this rank's rows
                     L = batch["targets"].shape[1]
-                    batch["negatives"] = global_batch["negatives"][rank::world, -L:]
-                elif neg_kind == "shared":
-                    batch["negatives"] = global_batch["negatives"]
+                    batch["negatives"] = negatives[rank::world, -L:]
+                elif negatives is not None:  # shared by the batch
+                    batch["negatives"] = negatives
                 loss_scale = n_mine * world / max(n_all, 1)
             else:
                 batch, loss_scale = global_batch, 1.0

@@ -433,11 +433,12 @@ class _TrainSetup:
             # left-pad [B, L] tensors to the full window: the worst case for memory
             extra = pad_to - batch["items"].shape[1]
             batch = {k: torch.nn.functional.pad(v, (extra, 0)) if v.dim() == 2 else v for k, v in batch.items()}
-        if self.neg_kind == "per_position":
-            batch["negatives"] = torch.from_numpy(self.sampler.sample(users, tuple(batch["targets"].shape[1:]), self.rng))
-        elif self.neg_kind == "shared":
-            batch["negatives"] = torch.from_numpy(self.rng.integers(1, self.ds.n_items + 1,
-                                                                    size=self.cfg["num_negatives"]))
+        from .batches import draw_negatives
+
+        negatives = draw_negatives(self.neg_kind, users, batch["targets"], self.rng, self.sampler, self.ds.n_items,
+                                   self.cfg["num_negatives"], self.cfg.get("negative_sharing", "batch"))
+        if negatives is not None:
+            batch["negatives"] = negatives
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
