@@ -72,7 +72,7 @@ def test_shapes_and_scoring(name):
     "name,extra",
     [
         ("sasrec", {}),
-        ("sasrec", {"embed_norm": True, "norm_first": False, "init_std": 0.02}),  # RecBole-style
+        ("sasrec", {"embed_norm": True, "norm_first": False, "init_scheme": "normal", "init_std": 0.02}),  # RecBole
         ("tisasrec", {"time_personalize": True}),  # causal in-window scale
         ("tisasrec", {"embed_norm": True}),
         ("tisasrec", {"time_personalize": False, "time_unit": "minute"}),
@@ -320,14 +320,14 @@ def test_fused_qkv_projection_equals_separate_linears():
 @pytest.mark.parametrize("name", MODELS)
 def test_embed_norm_and_init_std_options(name):
     torch.manual_seed(0)
-    plain = make_model(name)
+    plain = make_model(name, init_scheme="normal")
     torch.manual_seed(0)
-    normed = make_model(name, embed_norm=True)
+    normed = make_model(name, init_scheme="normal", embed_norm=True)
     assert sum(p.numel() for p in normed.parameters()) == sum(p.numel() for p in plain.parameters()) + 2 * 16
     batch = make_batch(B=2, L=6)
     assert not torch.allclose(plain.eval()(batch), normed.eval()(batch))
     torch.manual_seed(0)
-    small = make_model(name, init_std=0.02)
+    small = make_model(name, init_scheme="normal", init_std=0.02)
     std = small.item_embedding_weight()[1:].std().item()
     default_std = plain.item_embedding_weight()[1:].std().item()
     assert abs(std - 0.02) < 0.003 and abs(default_std - 16 ** -0.5) < 0.06
@@ -433,20 +433,21 @@ def test_reference_code_block_form(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_xavier_init_scheme(name):
-    """init_scheme="xavier": every embedding table Xavier-normal (std sqrt(2 / (rows + D))),
-    padding row zero; linear layers keep their Xavier init."""
+    """init_scheme="xavier" (the default): every embedding table Xavier-normal (std
+    sqrt(2 / (rows + D))), padding row zero; linear layers keep their Xavier init."""
     torch.manual_seed(0)
-    model = make_model(name, init_scheme="xavier", hidden_units=32, maxlen=200)
+    model = make_model(name, hidden_units=32, maxlen=200)
+    assert model.config.init_scheme == "xavier"
     table = model.item_embedding_weight()
     assert (table[0] == 0).all()
     expected = (2 / (N_ITEMS + 1 + 32)) ** 0.5
     assert abs(table[1:].std().item() - expected) < 0.1 * expected
     pos = model.pos_emb.weight if name == "sasrec" else model.pos_k_emb.weight
     assert abs(pos.std().item() - (2 / (200 + 32)) ** 0.5) < 0.01
-    # the default scheme: Normal(0, D ** -0.5)
+    # the other scheme: Normal(0, D ** -0.5)
     torch.manual_seed(0)
-    default = make_model(name, hidden_units=32, maxlen=200)
-    assert abs(default.item_embedding_weight()[1:].std().item() - 32 ** -0.5) < 0.02
+    normal = make_model(name, init_scheme="normal", hidden_units=32, maxlen=200)
+    assert abs(normal.item_embedding_weight()[1:].std().item() - 32 ** -0.5) < 0.02
 
 
 @pytest.mark.parametrize("name", MODELS)

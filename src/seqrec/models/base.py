@@ -118,12 +118,13 @@ def init_transformer_weights(module: nn.Module, std: float, scheme: str = "norma
 
     * ``Linear``: Xavier-uniform weight, zero bias (as in the SASRec/TiSASRec code bases,
       which Xavier-initialise their parameters);
-    * ``Embedding``: ``Normal(0, std)`` and a zero padding row (the models pass
-      ``std = D ** -0.5``, so item vectors start with unit expected norm and, after the
-      ``sqrt(D)`` input scaling, unit-variance components); with ``scheme="xavier"``
-      Xavier-normal instead (std ``sqrt(2 / (rows + D))``, as the SASRec/TiSASRec reference
-      code initialises every table: item vectors start small and position vectors at a
-      comparable scale after the ``sqrt(D)`` input scaling), padding row zero;
+    * ``Embedding`` with ``scheme="xavier"`` (the transformer models' default):
+      Xavier-normal, std ``sqrt(2 / (rows + D))``, as the SASRec/TiSASRec reference code
+      initialises every table -- item vectors start small and, after the ``sqrt(D)`` input
+      scaling, at a scale comparable to the position vectors; with ``scheme="normal"``:
+      ``Normal(0, std)`` (the models pass ``std = init_std or D ** -0.5``: item vectors
+      with unit expected norm, unit-variance components after the input scaling, which
+      makes the position vectors ``sqrt(D)`` times smaller). Padding row zero either way;
     * ``LayerNorm``: weight 1, bias 0.
     """
     if isinstance(module, nn.Linear):
