@@ -30,7 +30,8 @@ Design (see also docs in :mod:`seqrec.models.base` and :mod:`seqrec.models.layer
 * **Init**: see :func:`seqrec.models.base.init_transformer_weights`: by default the reference
   code's Xavier-normal embedding tables (``init_scheme="xavier"``; on Beauty and ML-100K this
   tests clearly better than the alternative, see docs/results.md); ``init_scheme="normal"``
-  draws them from ``Normal(0, init_std)`` (``init_std`` 0: ``hidden_units ** -0.5``); ``embed_norm`` adds a LayerNorm on the input embeddings, as RecBole does).
+  draws them from ``Normal(0, init_std)`` (``init_std`` 0: ``hidden_units ** -0.5``).
+  ``embed_norm`` adds a LayerNorm on the input embeddings, as RecBole does.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class SASRecConfig:
     activation: str = "relu"  # feed-forward activation: "relu" (paper) or "gelu"
     inner_size: int = 0  # feed-forward width; 0 = hidden_units (the paper; RecBole uses 4x)
     embed_norm: bool = False  # LayerNorm on the input embeddings, then dropout (RecBole / FMLP-Rec order)
-    init_std: float = 0.0  # std of the embedding init; 0 = hidden_units ** -0.5
+    init_std: float = 0.0  # std of the embedding init with init_scheme normal; 0 = hidden_units ** -0.5
     score_dropout: float = 0.0  # dropout on the item table used for scoring, training only (RecTools/eSASRec)
     positions: str = "end"  # position index counted from the window's end (SASRec code) or "start" (RecBole)
     block_form: str = "standard"  # "standard" pre/post-LN blocks, or "sasrec": the reference code's (queries normalised, keys/values raw, residual from LN(x))

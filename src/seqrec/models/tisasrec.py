@@ -9,7 +9,8 @@ added to the input, as in the paper), ``RK, RV`` interval embeddings with
 ``time_span + 1`` rows. ``PK, PV, RK, RV`` are shared by all blocks (as in the reference
 code). Positions are counted from the right end of the window, exactly as in
 :mod:`seqrec.models.sasrec`, as are the pre-/post-LN placement, the causal/padding mask,
-the final LayerNorm, the initialisation and the optional mHC residual (``mhc=True``, see
+the final LayerNorm, the initialisation (``init_scheme``), the input scale (``embed_scale``),
+the block form (``block_form``) and the optional mHC residual (``mhc=True``, see
 :mod:`seqrec.models.layers.mhc`).
 
 Relation matrix (:func:`time_interval_matrix`, built on the fly, vectorised):
