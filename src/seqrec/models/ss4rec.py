@@ -149,16 +149,16 @@ class SSBlock(nn.Module):
                       if cfg.ablation != "s5_only" else None)
         self.dropout = Dropout(cfg.dropout_rate)
         self.norm = nn.LayerNorm(d, eps=1e-12)  # shared by both residuals (official SSBlock)
-        if cfg.ffn:  # Mamba4Rec's feed-forward (dropout inside), with its own LayerNorm
-            self.ffn = PointWiseFeedForward(d, 4 * d, cfg.dropout_rate, "gelu")
-            self.ffn_norm = nn.LayerNorm(d, eps=1e-12)
+        # Mamba4Rec's feed-forward (dropout inside) with its own LayerNorm; None when off
+        self.ffn = PointWiseFeedForward(d, 4 * d, cfg.dropout_rate, "gelu") if cfg.ffn else None
+        self.ffn_norm = nn.LayerNorm(d, eps=1e-12) if cfg.ffn else None
 
     def forward(self, x: Tensor, dt: Tensor | None, valid: Tensor) -> Tensor:
         if self.s5 is not None:
             x = apply_mask(self.norm(x + self.dropout(self.s5(x, dt))), valid)
         if self.mamba is not None:
             x = apply_mask(self.norm(x + self.dropout(self.mamba(x, valid))), valid)
-        if hasattr(self, "ffn"):
+        if self.ffn is not None:
             x = apply_mask(self.ffn_norm(x + self.ffn(x)), valid)
         return x
 
