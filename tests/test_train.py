@@ -231,3 +231,29 @@ def test_train_on_the_temporal_split(synthetic_ds, tmp_path):
     assert res["split"] == "temporal"
     assert res["test_full"]["n_users"] == len(sp.test_users) and res["valid_full"]["n_users"] == len(sp.valid_users)
     assert res["test_full"]["hr@10"] > 10 / 80  # better than chance
+
+
+def test_plateau_decay_scales_the_lr_after_stale_evaluations(synthetic_ds, tmp_path):
+    """With an lr too small to move the model, validation never improves after epoch 1:
+    patience 2 halves the lr after epochs 3 and 5, and the scale is kept in the checkpoint."""
+    torch.set_num_threads(1)
+    logs = []
+    cfg = _cfg(synthetic_ds, tmp_path / "p", model="sasrec", loss="ce", num_epochs=6, lr=1e-9,
+               lr_plateau_patience=2, lr_plateau_factor=0.5)
+    train(cfg, log=logs.append)
+    lines = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [x for x in lines if x["kind"] == "epoch"]
+    assert len({e["valid_ndcg@10"] for e in epochs}) == 1  # the model did not move
+    lrs = [e["lr"] for e in epochs]
+    assert lrs == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10, 5e-10, 2.5e-10], rel=1e-9)
+    epoch_lines = [m for m in logs if str(m).startswith("epoch ")]
+    assert [i + 1 for i, m in enumerate(epoch_lines) if "lr x0.5 (plateau)" in m] == [3, 5]
+    state = torch.load(tmp_path / "p" / "last.pt", weights_only=False)["state"]
+    assert state["lr_scale"] == pytest.approx(0.25) and state["plateau_evals"] == 1
+
+
+def test_plateau_options_are_checked():
+    for bad in ({"lr_plateau_patience": -1}, {"lr_plateau_factor": 1.5}, {"lr_plateau_factor": 0}):
+        cli = {"dataset": "x", "train_dir": "y", **bad}
+        with pytest.raises(ValueError, match="lr_plateau"):
+            validate_config(resolve_config(cli))

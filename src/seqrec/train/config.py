@@ -68,6 +68,9 @@ ARGUMENTS: list[Arg] = [
     Arg("length_bucketing", 32, "batch users of similar length within chunks of this many batches (0: plain shuffle)"),
     Arg("seed", 42, "random seed (model init, data order, negatives)"),
     Arg("patience", 20, "stop after this many evaluations without validation improvement (0 disables)"),
+    Arg("lr_plateau_patience", 0, "multiply the lr by lr_plateau_factor after this many evaluations without "
+        "validation improvement (like ReduceLROnPlateau; 0 disables)"),
+    Arg("lr_plateau_factor", 0.1, "lr factor of each plateau decay (with --lr_plateau_patience)"),
     Arg("eval_every", 1, "evaluate on the validation set every this many epochs"),
     Arg("eval_batch_size", 1024, "users per evaluation batch"),
     Arg("split", "loo", "evaluation split: loo (leave-one-out) or temporal (the seeds' global past/future split)", str,
@@ -226,6 +229,12 @@ def validate_config(cfg: dict) -> None:
         raise ValueError(f"--split_fraction must be in (0, 1), got {cfg['split_fraction']}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    plateau = cfg.get("lr_plateau_patience", 0)
+    if isinstance(plateau, bool) or not isinstance(plateau, int) or plateau < 0:
+        raise ValueError(f"--lr_plateau_patience must be a non-negative integer (0 disables), got {plateau!r}")
+    factor = cfg.get("lr_plateau_factor", 0.1)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
+        raise ValueError(f"--lr_plateau_factor must be in (0, 1), got {factor!r}")
     metric = str(cfg["metric"])
     name, _, k = metric.partition("@")
     if name not in ("hr", "ndcg", "mrr", "recall") or not k.isdigit():

@@ -243,9 +243,6 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
     sampler = NegativeSampler(ds.item, ds.offsets, split.train_end, ds.n_items) if neg_kind != "none" else None
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_users) / cfg["batch_size"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg["warmup_steps"], steps_per_epoch, cfg["lr_decay_step"], cfg["lr_decay_rate"])
-    )
     autocast, use_scaler = autocast_for(device, cfg["amp"])
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -255,8 +252,12 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
 
     # -- state (restored on resume) ----------------------------------------------------------
     st = {"epoch": 1, "batch_in_epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0,
+          "lr_scale": 1.0, "plateau_evals": 0,
           "bad_steps": 0, "epoch_loss": 0.0, "epoch_seq": 0, "rng_epoch_start": rng.bit_generator.state,
           "rng_now": rng.bit_generator.state, "log_offset": 0, "train_time_s": 0.0}
+    # the step schedule times st["lr_scale"], which plateau decays lower (restored on resume)
+    schedule = lr_lambda(cfg["warmup_steps"], steps_per_epoch, cfg["lr_decay_step"], cfg["lr_decay_rate"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) * st["lr_scale"])
     if resume:
         ckpt = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -404,11 +405,19 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
             record["eval_time_s"] = time.perf_counter() - t_eval
             msg += f"  valid {_format_metrics(valid)}  ({record['eval_time_s']:.1f}s)"
             if valid[metric] > st["best"]:
-                st["best"], st["best_epoch"], st["bad_evals"] = valid[metric], epoch, 0
+                st["best"], st["best_epoch"], st["bad_evals"], st["plateau_evals"] = valid[metric], epoch, 0, 0
                 checkpoint("best.pt")
                 msg += " *"
             else:
                 st["bad_evals"] += 1
+                st["plateau_evals"] += 1
+                patience = cfg.get("lr_plateau_patience", 0)
+                if patience and st["plateau_evals"] >= patience:
+                    st["lr_scale"] *= cfg["lr_plateau_factor"]
+                    st["plateau_evals"] = 0
+                    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                        group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
+                    msg += f"  lr x{cfg['lr_plateau_factor']:g} (plateau)"
             early_stop = bool(cfg["patience"]) and st["bad_evals"] >= cfg["patience"]
         log(msg)
         tracker.log(**record)
