@@ -250,6 +250,13 @@ def test_plateau_decay_scales_the_lr_after_stale_evaluations(synthetic_ds, tmp_p
     assert [i + 1 for i, m in enumerate(epoch_lines) if "lr x0.5 (plateau)" in m] == [3, 5]
     state = torch.load(tmp_path / "p" / "last.pt", weights_only=False)["state"]
     assert state["lr_scale"] == pytest.approx(0.25) and state["plateau_evals"] == 1
+    # stopped after epoch 4 and resumed to 6: the plateau state comes back with the checkpoint
+    cut = _cfg(synthetic_ds, tmp_path / "r", model="sasrec", loss="ce", num_epochs=4, lr=1e-9,
+               lr_plateau_patience=2, lr_plateau_factor=0.5)
+    train(cut, log=lambda *_: None)
+    train({**cut, "num_epochs": 6}, log=lambda *_: None, resume=True)
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["lr"] for e in lines if e["kind"] == "epoch"] == pytest.approx(lrs, rel=1e-9)
 
 
 def test_plateau_options_are_checked():
