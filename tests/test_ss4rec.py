@@ -64,6 +64,12 @@ def test_official_initialisation():
     assert mamba.dt_proj.bias.abs().max() == 0  # RecBole init zeroes every Linear bias
     assert 0.01 < mamba.in_proj.weight.std() < 0.03
     assert model.blocks[0].norm.eps == 1e-12
+    assert 0.015 < model.item_embedding_weight()[1:].std() < 0.025
+    wide = make_model(init_std=0.125)
+    assert 0.11 < wide.item_embedding_weight()[1:].std() < 0.14 and (wide.item_embedding_weight()[0] == 0).all()
+    assert 0.01 < wide.blocks[0].mamba.in_proj.weight.std() < 0.03  # only the item table changes
+    with pytest.raises(ValueError, match="init_std must be >= 0"):
+        make_model(init_std=-0.1)
 
 
 def test_time_gaps_exact_int64():

@@ -25,6 +25,8 @@ Architecture (config names in brackets; defaults are the official ``config_ml.ya
   ``softplus(0) = 0.69`` instead of mamba_ssm's log-uniform [0.001, 0.1]); LayerNorm 1/0.
   S5's parameters, Mamba's ``A_log``, ``D`` and its conv keep their own initialisation.
   We additionally zero the padding row of the embedding.
+  ``init_std`` > 0 draws the item table from ``Normal(0, init_std)`` instead (deviation, off
+  by default; ``hidden_units ** -0.5`` is SASRec's ``init_scheme normal`` scale).
 
 Time gaps. Position ``i`` uses ``dt_i = t_{i+1} - t_i``, the gap to the *next* event:
 ``batch["next_timestamps"] - batch["timestamps"]``; at the last position that is the gap
@@ -117,6 +119,7 @@ class SS4RecConfig:
     embed_norm: bool = False  # dropout + LayerNorm on the item embeddings (off: official code)
     score_dropout: float = 0.0  # dropout on the item table used for scoring, training only (RecTools/eSASRec)
     ffn: bool = False  # post-norm point-wise feed-forward (4x, GELU) after each block's Mamba (Mamba4Rec; off: official)
+    init_std: float = 0.0  # std of the Normal init of the item table; 0 = 0.02 (official)
 
 
 def time_gaps(timestamps: Tensor, next_timestamps: Tensor | None, valid: Tensor, unit_seconds: int) -> Tensor:
@@ -181,6 +184,9 @@ def _check_config(cfg: SS4RecConfig) -> None:
                          "change --time_scale")
     if cfg.ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {cfg.ablation!r}: change --ablation")
+    std = cfg.init_std
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or std < 0:
+        raise ValueError(f"init_std must be >= 0 (0: the official 0.02), got {std!r}: change --init_std")
     for name in ("use_fast_path", "embed_norm", "ffn"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}: change --{name}")
@@ -204,6 +210,10 @@ class SS4Rec(SequentialRecommender):
             self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.blocks = nn.ModuleList(SSBlock(c) for _ in range(c.num_blocks))
         self.apply(self._init_weights)
+        if c.init_std:  # the item table's own scale (scores use it too: it sets the initial logits)
+            with torch.no_grad():
+                nn.init.normal_(self.item_emb.weight, mean=0.0, std=float(c.init_std))
+                self.item_emb.weight[0].zero_()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
