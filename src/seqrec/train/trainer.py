@@ -415,8 +415,9 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
                 if patience and st["plateau_evals"] >= patience:
                     st["lr_scale"] *= cfg["lr_plateau_factor"]
                     st["plateau_evals"] = 0
-                    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                        group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
+                    # at once, not from the next scheduler step (LambdaLR's own rule, per group)
+                    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                        group["lr"] = base * factor(scheduler.last_epoch)
                     msg += f"  lr x{cfg['lr_plateau_factor']:g} (plateau)"
             early_stop = bool(cfg["patience"]) and st["bad_evals"] >= cfg["patience"]
         log(msg)
