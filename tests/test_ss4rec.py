@@ -98,6 +98,33 @@ def test_time_scale_is_a_unit_change():
     assert not torch.allclose(days(batch), sec(batch))
 
 
+def test_min_gap_floors_real_gaps_only():
+    """min_gap raises gaps below it (time_scale units) at real positions: the same as
+    feeding timestamps whose short gaps were stretched to min_gap; padding keeps dt = 0."""
+    torch.manual_seed(0)
+    plain = build_model("ss4rec", N_ITEMS, **TINY, time_scale="minutes").double().eval()
+    floored = build_model("ss4rec", N_ITEMS, **TINY, time_scale="minutes", min_gap=2.5).double().eval()
+    floored.load_state_dict(plain.state_dict())
+    batch = make_batch(B=4, L=8)
+    valid = batch["items"] != 0
+    gap = batch["next_timestamps"] - batch["timestamps"]
+    assert ((gap == 0) & valid).sum() >= 2  # the floor has zero gaps to act on
+    stretched = dict(batch, next_timestamps=torch.where(valid & (gap < 150), batch["timestamps"] + 150,
+                                                         batch["next_timestamps"]))
+    out = floored(batch)
+    torch.testing.assert_close(out, plain(stretched))
+    assert not torch.allclose(out, plain(batch))
+    assert (out[~valid] == 0).all()
+    padded = {k: F.pad(v, (3, 0)) for k, v in batch.items()}  # padding stays inert
+    torch.testing.assert_close(floored(padded)[:, 3:], out)
+    # a floor only changes S5's input: without S5 the option has no effect
+    torch.manual_seed(0)
+    m0 = build_model("ss4rec", N_ITEMS, **TINY, ablation="mamba_only").eval()
+    torch.manual_seed(0)
+    m1 = build_model("ss4rec", N_ITEMS, **TINY, ablation="mamba_only", min_gap=3.0).eval()
+    torch.testing.assert_close(m1(batch), m0(batch), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("ablation,ffn", [(a, False) for a in ABLATIONS] + [("full", True)])
 def test_causality(ablation, ffn):
     model = make_model(ablation=ablation, ffn=ffn).eval()
@@ -257,6 +284,8 @@ def test_overfits_item_chain(ablation):
         (dict(ablation="s6_only"), "change --ablation"),
         (dict(use_fast_path="yes"), "change --use_fast_path"),
         (dict(ffn=1), "change --ffn"),
+        (dict(min_gap=-1.0), "change --min_gap"),
+        (dict(min_gap=float("inf")), "change --min_gap"),
     ],
 )
 def test_invalid_config_messages(kwargs, match):
