@@ -125,6 +125,20 @@ def test_min_gap_floors_real_gaps_only():
     torch.testing.assert_close(m1(batch), m0(batch), rtol=0, atol=0)
 
 
+def test_impulse_discretization_option():
+    """s5_discretization reaches every S5 layer; the model stays causal and padding-invariant."""
+    model = make_model(s5_discretization="impulse").eval()
+    assert all(b.s5.discretization == "impulse" for b in model.blocks)
+    assert make_model().blocks[0].s5.discretization == "zoh"
+    batch = make_batch(B=4, L=8, min_len=8)
+    base = model(batch)
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["items"][:, 5] = changed["items"][:, 5] % N_ITEMS + 1
+    torch.testing.assert_close(model(changed)[:, :5], base[:, :5], rtol=0, atol=0)
+    padded = {k: F.pad(v, (3, 0)) for k, v in batch.items()}
+    torch.testing.assert_close(model(padded)[:, 3:], base, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("ablation,ffn", [(a, False) for a in ABLATIONS] + [("full", True)])
 def test_causality(ablation, ffn):
     model = make_model(ablation=ablation, ffn=ffn).eval()
@@ -285,6 +299,7 @@ def test_overfits_item_chain(ablation):
         (dict(use_fast_path="yes"), "change --use_fast_path"),
         (dict(ffn=1), "change --ffn"),
         (dict(min_gap=-1.0), "change --min_gap"),
+        (dict(s5_discretization="bilinear"), "change --s5_discretization"),
         (dict(min_gap=float("inf")), "change --min_gap"),
     ],
 )

@@ -87,6 +87,11 @@ Deviations from the official code (XiaoWei-i/SS4Rec, ``SS4Rec.py``):
   written into the S5 state (only the ``D * u`` skip and the Mamba layer see it); on
   day-resolution data (Amazon) that is almost half of all positions. A floor of half the
   resolution (``0.5`` days) is the mean of a gap known only to lie in ``[0, 1)`` day.
+* **Impulse discretization** (``s5_discretization="impulse"``, off by default): each item is
+  written into the S5 state with unit weight at its own time and decays over its gap
+  (``x_i = Abar_i (x_{i-1} + B u_i)``), instead of zero-order hold's weight ``gamma_i``, which
+  is 0 for a gap of 0. Same-day items (the target included, when it shares the last item's
+  day) then reach the state. See :mod:`seqrec.models.ssm.s5`.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ from seqrec.models.layers.feedforward import PointWiseFeedForward
 from seqrec.models.layers.residual import apply_mask
 from seqrec.models.registry import register_model
 from seqrec.models.ssm import S5, Mamba
+from seqrec.models.ssm.s5 import DISCRETIZATIONS
 
 TIME_SCALES: dict[str, int] = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 ABLATIONS = ("full", "s5_only", "mamba_only")
@@ -128,6 +134,7 @@ class SS4RecConfig:
     ffn: bool = False  # post-norm point-wise feed-forward (4x, GELU) after each block's Mamba (Mamba4Rec; off: official)
     init_std: float = 0.0  # std of the Normal init of the item table; 0 = 0.02 (official)
     min_gap: float = 0.0  # floor on S5 gaps at real positions, in time_scale units; 0 = none (official)
+    s5_discretization: str = "zoh"  # zoh (official: a gap of 0 writes nothing) | impulse (each item written, then decayed)
 
 
 def time_gaps(timestamps: Tensor, next_timestamps: Tensor | None, valid: Tensor, unit_seconds: int) -> Tensor:
@@ -154,7 +161,7 @@ class SSBlock(nn.Module):
     def __init__(self, cfg: SS4RecConfig):
         super().__init__()
         d = cfg.hidden_units
-        self.s5 = (S5(d, cfg.s5_state, cfg.dt_min, cfg.dt_max)
+        self.s5 = (S5(d, cfg.s5_state, cfg.dt_min, cfg.dt_max, discretization=cfg.s5_discretization)
                    if cfg.ablation != "mamba_only" else None)
         self.mamba = (Mamba(d, cfg.d_state, cfg.d_conv, cfg.expand, use_fast_path=cfg.use_fast_path)
                       if cfg.ablation != "s5_only" else None)
@@ -190,6 +197,9 @@ def _check_config(cfg: SS4RecConfig) -> None:
     if cfg.time_scale not in TIME_SCALES:
         raise ValueError(f"time_scale must be one of {tuple(TIME_SCALES)}, got {cfg.time_scale!r}: "
                          "change --time_scale")
+    if cfg.s5_discretization not in DISCRETIZATIONS:
+        raise ValueError(f"s5_discretization must be one of {DISCRETIZATIONS}, got {cfg.s5_discretization!r}: "
+                         "change --s5_discretization")
     if cfg.ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {cfg.ablation!r}: change --ablation")
     gap = cfg.min_gap
