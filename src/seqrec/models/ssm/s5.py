@@ -104,26 +104,42 @@ def _trunc_normal_(t: Tensor, std: float) -> Tensor:
 
 
 # --- discretisation ---------------------------------------------------------------------
+def _exp_parts(lam: Tensor, delta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``z = Lambda delta`` and ``Abar = e^z`` from real ``exp``, ``cos``, ``sin`` (vectorised,
+    unlike complex ``exp`` on CPU): returns ``Re z, Im z, cos(Im z), Re Abar, Im Abar``."""
+    zr = delta * lam.real
+    zi = delta * lam.imag
+    mag = torch.exp(zr)
+    cos, sin = torch.cos(zi), torch.sin(zi)
+    return zr, zi, cos, mag * cos, mag * sin
+
+
 def zoh_coefficients(lam: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     """Zero-order hold: ``Abar = exp(Lambda delta)``, ``gamma = (Abar - 1) / Lambda``.
 
     ``lam``: complex ``[P]``; ``delta``: real ``[..., P]``; returns complex ``[..., P]``.
-    ``Abar`` is built from real ``exp``, ``cos``, ``sin`` (vectorised, unlike complex
-    ``exp`` on CPU). ``Abar - 1`` takes its *value* from the cancellation-free
+    ``Abar - 1`` takes its *value* from the cancellation-free
     ``expm1(Re z) cos(Im z) - 2 sin^2(Im z / 2) + i e^{Re z} sin(Im z)`` (exact for tiny
     steps, where ``exp - 1`` rounds to 0 in float32) and its *gradient* from ``Abar``
     (``d expm1 = exp``), which vanishes with ``e^{Re z}`` for huge gaps instead of being
     rounding noise times the gap. ``delta = 0`` gives ``Abar = 1``, ``gamma = 0`` exactly.
     """
-    zr = delta * lam.real
-    zi = delta * lam.imag
-    mag = torch.exp(zr)
-    cos, sin = torch.cos(zi), torch.sin(zi)
-    a_re, a_im = mag * cos, mag * sin
+    zr, zi, cos, a_re, a_im = _exp_parts(lam, delta)
     with torch.no_grad():  # value correction: exact Re(e^z - 1) minus the rounded a_re - 1
         correction = torch.expm1(zr) * cos - 2 * torch.sin(0.5 * zi).square_() - (a_re - 1)
     em1 = torch.complex(a_re - 1 + correction, a_im)
     return torch.complex(a_re, a_im), em1 * (1.0 / lam)
+
+
+def impulse_coefficients(lam: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """Impulse rule: ``Abar = exp(Lambda delta)`` is both the transition and the input weight
+    (the event is written with unit weight and decays over its gap)."""
+    _, _, _, a_re, a_im = _exp_parts(lam, delta)
+    a = torch.complex(a_re, a_im)
+    return a, a
+
+
+_COEFFICIENTS = {"zoh": zoh_coefficients, "impulse": impulse_coefficients}
 
 
 # --- scans ------------------------------------------------------------------------------
@@ -306,11 +322,11 @@ class S5(nn.Module):
             u = u.to(dtype)
             lam = torch.complex(self.Lambda_re.to(dtype).clamp(max=_LAMBDA_RE_MAX), self.Lambda_im.to(dtype))
             delta = dt.to(dtype).unsqueeze(-1) * torch.exp(self.log_step.to(dtype))  # (B, L, P)
-            a, gamma = zoh_coefficients(lam, delta)  # complex (B, L, P)
+            a, w = _COEFFICIENTS[self.discretization](lam, delta)  # complex (B, L, P)
             # B u first: rows of W_B interleave (Re, Im) so the product views as complex
             W_B = torch.stack([self.B_re, self.B_im], dim=1).reshape(2 * P, H).to(dtype)
             Bu = torch.view_as_complex((u @ W_B.t()).view(Bsz, L, P, 2))  # (B, L, P)
-            b = (gamma if self.discretization == "zoh" else a) * Bu  # Bbar u, never Bbar itself
+            b = w * Bu  # Bbar u, never Bbar itself
             x = linear_scan(a, b) if self.scan == "parallel" else linear_scan_ref(a, b)
             # Re(C x) = C_re x_re - C_im x_im, as one real product over interleaved (Re, Im)
             W_C = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(H, 2 * P).to(dtype)
