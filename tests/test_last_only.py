@@ -44,3 +44,23 @@ def test_fast_path_with_reference_code_block_form(model):
     b = _batch()
     with torch.no_grad():
         torch.testing.assert_close(m.predict(b), m.score_all(m(b)[:, -1]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["sasrec", "tisasrec", "ss4rec"])
+def test_predict_scores_in_float32_under_autocast(model):
+    # The encoder may run in bf16, but bf16 scores (~3 digits) tie many items with the target,
+    # and ties count against it: the scores themselves must come from a float32 product.
+    torch.manual_seed(0)
+    m = build_model(model, n_items=40, hidden_units=16, num_heads=2, maxlen=12, num_blocks=2,
+                    time_span=64).eval()
+    b = _batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = m.predict(b)
+        hidden = (m(b, last_only=True) if m.supports_last_only else m(b))[:, -1]
+        naive = m.score_all(hidden)
+    assert naive.dtype == torch.bfloat16  # a product left under autocast would be bf16
+    assert scores.dtype == torch.float32
+    with torch.no_grad():
+        expected = hidden.float() @ m.output_embedding().t()
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+    assert not torch.equal(scores, expected.bfloat16().float())  # not merely bf16 scores widened

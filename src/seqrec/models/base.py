@@ -107,10 +107,17 @@ class SequentialRecommender(nn.Module):
     supports_last_only: bool = False
 
     def predict(self, batch: dict[str, Tensor]) -> Tensor:
-        """Scores ``[B, n_items + 1]`` of the item following the last position."""
-        if self.supports_last_only:
-            return self.score_all(self.forward(batch, last_only=True)[:, -1])
-        return self.score_all(self.forward(batch)[:, -1])
+        """Scores ``[B, n_items + 1]`` of the item following the last position.
+
+        The encoder may run under autocast; the scores are computed outside it, in the item
+        table's own dtype (float32 unless the model itself was cast): bf16 scores have ~3
+        significant digits, and the ties they create would count against the target under
+        the pessimistic tie rule.
+        """
+        out = self.forward(batch, last_only=True) if self.supports_last_only else self.forward(batch)
+        hidden = out[:, -1]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.score_all(hidden.to(self.output_embedding().dtype))
 
 
 def init_transformer_weights(module: nn.Module, std: float, scheme: str = "normal") -> None:
