@@ -68,11 +68,32 @@ def test_config_precedence_yaml_then_cli(tmp_path):
         resolve_config({"config": str(cfg_file)})
 
 
+def test_yaml_numbers_without_a_dot_take_the_argument_type(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-4 as the *string* '1e-4'; a config must still mean a number.
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lr: 1e-4\nweight_decay: 5e-5\nmaxlen: 5e1\ngrad_clip: 1\nmin_gap: 5e-1\n"
+                        "norm_first: 'false'\nembed_norm: yes\n")
+    assert yaml.safe_load(cfg_file.read_text())["lr"] == "1e-4"  # the YAML quirk itself
+    cfg = resolve_config({"config": str(cfg_file), "dataset": "x", "train_dir": "y"})
+    assert cfg["lr"] == 1e-4 and isinstance(cfg["lr"], float)
+    assert cfg["weight_decay"] == 5e-5 and cfg["maxlen"] == 50 and isinstance(cfg["maxlen"], int)
+    assert cfg["grad_clip"] == 1.0 and isinstance(cfg["grad_clip"], float)
+    assert cfg["min_gap"] == 0.5  # a model's own option (SS4Rec) is typed too
+    assert cfg["norm_first"] is False and cfg["embed_norm"] is True
+    validate_config(cfg)
+    for text, message in [("lr: fast\n", "lr must be a number"), ("maxlen: 2.5\n", "maxlen must be an integer"),
+                          ("norm_first: maybe\n", "norm_first must be true or false")]:
+        cfg_file.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            resolve_config({"config": str(cfg_file)})
+
+
 @pytest.mark.parametrize("override,message", [
     ({"hidden_units": 50, "num_heads": 3}, "divisible by num_heads"),
     ({"time_unit": "week"}, "--time_unit must be one of"),
     ({"dropout_rate": 1.5}, "dropout_rate"),
     ({"metric": "auc"}, "--metric"),
+    ({"metric": "ndcg@50"}, "K in 5, 10, 20"),
     ({"maxlen": 0}, "--maxlen must be a positive integer"),
 ])
 def test_invalid_configs_fail_with_advice(override, message):

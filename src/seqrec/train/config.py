@@ -16,6 +16,10 @@ from typing import Any
 import yaml
 
 
+#: Cut-offs every evaluation reports (and that --metric may use).
+KS = (5, 10, 20)
+
+
 @dataclass(frozen=True)
 class Arg:
     name: str
@@ -76,7 +80,7 @@ ARGUMENTS: list[Arg] = [
     Arg("split", "loo", "evaluation split: loo (leave-one-out) or temporal (the seeds' global past/future split)", str,
         ("loo", "temporal")),
     Arg("split_fraction", 0.8, "temporal split: fraction of interactions (by time) in the training past"),
-    Arg("metric", "ndcg@10", "validation metric for model selection and early stopping", str),
+    Arg("metric", "ndcg@10", "validation metric for model selection and early stopping (K in 5, 10, 20)", str),
     Arg("exclude_history", True, "exclude the user's past items from full-ranking evaluation", None),
     Arg("eval_negatives", 100, "sampled protocol: negatives per user at test time (0 skips it)"),
     Arg("max_steps", 0, "stop after this many optimizer steps in all (0: no limit)"),
@@ -187,17 +191,50 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def _arg_type(default: Any, declared: Any = None) -> Any:
+    return declared or (type(default) if default is not None else str)
+
+
+def _yaml_value(key: str, value: Any, typ: Any, path: Any) -> Any:
+    """A YAML value in its argument's type. YAML 1.1 (PyYAML) reads ``1e-4`` -- no dot --
+    as a *string*; numbers and booleans written as strings are converted here."""
+    if value is None or isinstance(value, (list, dict)):
+        return value
+    if typ is bool:
+        try:
+            return _str2bool(value)
+        except argparse.ArgumentTypeError:
+            raise ValueError(f"{path}: {key} must be true or false, got {value!r}") from None
+    if typ in (int, float) and not isinstance(value, bool):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {key} must be a number, got {value!r}") from None
+        if typ is float:
+            return x
+        if not x.is_integer():
+            raise ValueError(f"{path}: {key} must be an integer, got {value!r}")
+        return int(x)
+    return value
+
+
 def resolve_config(cli: dict, known_extra: set[str] | None = None) -> dict:
     """Merge defaults < YAML (``cli['config']``) < command-line values into one flat dict."""
     cfg = {a.name: a.default for a in ARGUMENTS}
-    known = set(cfg) | (known_extra if known_extra is not None else set(model_arguments()))
+    types = {a.name: _arg_type(a.default, a.type) for a in ARGUMENTS if not a.flag}
+    types.update({a.name: bool for a in ARGUMENTS if a.flag})
+    if known_extra is None:
+        extra = model_arguments()
+        types.update({k: _arg_type(d) for k, (d, _) in extra.items() if k not in types})
+        known_extra = set(extra)
+    known = set(cfg) | set(known_extra)
     if cli.get("config"):
         for k, v in load_yaml(cli["config"]).items():
             if k not in known:
                 close = difflib.get_close_matches(k, sorted(known), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"{cli['config']}: unknown argument {k!r}{hint}")
-            cfg[k] = v
+            cfg[k] = _yaml_value(k, v, types.get(k), cli["config"])
     cfg.update(cli)
     if cfg.get("model") is None:
         cfg["model"] = "sasrec" if cfg.get("no_time") else "tisasrec"
@@ -239,6 +276,8 @@ def validate_config(cfg: dict) -> None:
     name, _, k = metric.partition("@")
     if name not in ("hr", "ndcg", "mrr", "recall") or not k.isdigit():
         raise ValueError(f"--metric must look like ndcg@10, hr@10, mrr@10 or recall@10, got {metric!r}")
+    if int(k) not in KS:
+        raise ValueError(f"--metric: evaluations report K in {', '.join(map(str, KS))}, got {metric!r}")
 
 
 def save_config(cfg: dict, path: str | Path) -> None:

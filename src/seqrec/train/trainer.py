@@ -44,11 +44,10 @@ from ..models import build_model, get_model_class
 from ..track.sinks import Tracker, truncate_log
 from ..utils.io import atomic_path, remove_stale_temps
 from .batches import NegativeSampler, SequenceBatcher, draw_negatives
-from .config import save_config, validate_config
+from .config import KS, save_config, validate_config
 from .evaluation import evaluate
 from .losses import NEGATIVES, get_loss
 
-KS = (5, 10, 20)
 STABILITY_FIXES = (
     "lower the learning rate (e.g. --lr 0.0005), keep gradient clipping on (--grad_clip 1.0), "
     "use --mhc_no_amp or --amp off when training with mixed precision, check the data for extreme values"
