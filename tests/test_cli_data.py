@@ -120,3 +120,28 @@ def test_prepare_latest_small_and_ml1m_sample(shared_file, tmp_path):
     sample = prepare_dataset("ml-1m", raw=shared_file("ml-1m-sample/ratings.dat").parent, out=tmp_path / "m", log=None)
     assert sample.stats["users"] == 70 and sample.stats["interactions"] < 10000
     assert sample.manifest["has_titles"]
+
+
+def test_prepare_amazon_from_either_file_of_the_pair(tmp_path):
+    # Users 1-3, items 5-8; the time file's fields are timestamps, never items.
+    (tmp_path / "Toy_item_org_rank.txt").write_text("1 5 6 7\n2 6 7\n3 8 5 6\n")
+    (tmp_path / "Toy_time_org_rank.txt").write_text("1 100 100 200\n2 50 60\n3 10 20 30\n")
+    items = {}
+    for given in ("Toy_item_org_rank.txt", "Toy_time_org_rank.txt", ""):
+        ds = prepare_dataset("toy", raw=tmp_path / given, fmt="amazon", out=tmp_path / f"o{len(items)}", log=None,
+                             recipe=Recipe(min_user=1, min_item=1))
+        items[given] = sorted(ds.item_map()["raw"].to_list())
+    assert items["Toy_item_org_rank.txt"] == items["Toy_time_org_rank.txt"] == [5, 6, 7, 8]
+    with pytest.raises(ValueError, match="not an Amazon sequence file"):
+        prepare_dataset("toy", raw=tmp_path / "Toy_item_org_rank.txt.bak", fmt="amazon", out=tmp_path / "x", log=None)
+
+
+def test_format_option_overrides_a_known_dataset_reader(tmp_path, capsys):
+    # A RecBole ml-1m.inter prepared under the known name ml-1m: --format says how to read it.
+    inter = tmp_path / "ml-1m.inter"
+    rows = [(u, i, 4.0, 978300000 + 60 * (u * 10 + i)) for u in range(1, 7) for i in range(1, 6)]
+    inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                     + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    assert main(["prepare", "ml-1m", "--raw", str(inter), "--format", "recbole", "--out", str(tmp_path / "d"),
+                 "--min_user", "1", "--min_item", "1"]) == 0
+    assert "6 users / 5 items / 30 interactions" in capsys.readouterr().out

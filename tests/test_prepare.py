@@ -57,6 +57,16 @@ def test_recipe_validation_and_empty_errors():
         prepare(_inter([(1, 1, 1), (1, 2, 2)]), Recipe(min_user=5))
 
 
+def test_min_rating_filters_and_refuses_sets_without_ratings():
+    rated = Interactions.from_columns([1, 1, 1, 2, 2], [1, 2, 3, 1, 2], [1, 2, 3, 1, 2], rating=[5, 2, 4, 3, 4])
+    out = prepare(rated, Recipe(min_rating=4, min_user=1, min_item=1))
+    assert out.frame.height == 3 and out.frame["rating"].min() >= 4
+    with pytest.raises(ValueError, match="rated >= 6.0; lower --min_rating"):
+        prepare(rated, Recipe(min_rating=6.0, min_user=1, min_item=1))
+    with pytest.raises(ValueError, match="has no ratings .*--min_rating 4 would drop every interaction"):
+        prepare(_inter([(1, 1, 1), (1, 2, 2)]), Recipe(min_rating=4, min_user=1, min_item=1))
+
+
 def test_dedup_keeps_first_or_last():
     rows = [(1, 1, 1), (1, 2, 2), (1, 1, 3)]
     first = prepare(_inter(rows), Recipe(dedup="first")).frame

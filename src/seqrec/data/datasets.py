@@ -68,6 +68,7 @@ def _read_raw(name: str, spec: DatasetSpec | None, raw: str | Path | None, fmt: 
     from . import readers
     from .titles import read_titles
 
+    given_fmt = fmt
     fmt = fmt or (spec.fmt if spec else None)
     titles = None
     if fmt == "synthetic":
@@ -82,15 +83,22 @@ def _read_raw(name: str, spec: DatasetSpec | None, raw: str | Path | None, fmt: 
                              f"(a folder with {AMAZON_PREFIX.get(name, '<Name>')}_item_org_rank.txt and _time_org_rank.txt)")
         raw = Path(raw)
         prefix = AMAZON_PREFIX.get(name, name)
-        item_path = raw / f"{prefix}_item_org_rank.txt" if raw.is_dir() else raw
-        time_path = item_path.with_name(item_path.name.replace("_item_", "_time_"))
+        # either file of the pair may be given, or the folder: its <Prefix>_item_org_rank.txt, or its only pair
+        given = raw
+        if raw.is_dir():
+            given = raw / f"{prefix}_item_org_rank.txt"
+            if not given.exists():
+                key, given = readers.detect_format(raw)
+                if key != "amazon":
+                    raise ValueError(f"{name}: {raw} holds a {key} file ({given.name}), not an Amazon pair")
+        item_path, time_path = readers.amazon_pair(given)
         for p in (item_path, time_path):
             if not p.exists():
                 raise FileNotFoundError(f"{name}: expected {p}")
         inter = readers.read_amazon(item_path, time_path)
         return inter, {"reader": "amazon", "path": str(item_path), "time_path": str(time_path),
                        "md5": file_md5(item_path), "time_md5": file_md5(time_path)}, None
-    if spec is not None and spec.downloadable:
+    if spec is not None and spec.downloadable and given_fmt in (None, spec.fmt):  # else: a user file, --format
         from .download import fetch, locate_items, locate_ratings
 
         folder = fetch(name, raw=raw, url=url)

@@ -121,7 +121,13 @@ def prepare(interactions: Interactions, recipe: Recipe = Recipe()) -> Prepared:
     if frame.height == 0:
         raise ValueError(f"{interactions.source or 'input'}: no interactions to prepare")
     if recipe.min_rating is not None:
+        if frame["rating"].fill_nan(None).is_null().all():
+            raise ValueError(f"{interactions.source or 'input'}: has no ratings (implicit feedback), "
+                             f"so --min_rating {recipe.min_rating} would drop every interaction; leave it out")
         frame = frame.filter(pl.col("rating") >= recipe.min_rating)
+        if frame.height == 0:
+            raise ValueError(f"{interactions.source or 'input'}: no interaction is rated >= {recipe.min_rating}; "
+                             "lower --min_rating")
     if recipe.dedup is not None:
         frame = frame.sort(["user", "item", "timestamp", "_row"]).unique(
             subset=["user", "item"], keep=recipe.dedup, maintain_order=True
