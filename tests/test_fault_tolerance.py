@@ -98,6 +98,23 @@ def test_resume_refuses_changed_settings(ds, tmp_path, capsys):
     assert "cannot be changed: --lr" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("how", [{"num_epochs": 2}, {"num_epochs": 50, "patience": 1, "lr": 0.2}])
+def test_resuming_a_finished_run_only_evaluates_again(ds, tmp_path, how):
+    # Out of epochs, or early-stopped: no further epoch is trained and best.pt stays as it was.
+    run = tmp_path / "r"
+    first = train(resolve_config(_args(ds, run, checkpoint_every=0, **how)), log=QUIET)
+    assert first["epochs_run"] == (2 if "patience" not in how else first["best_epoch"] + 1)
+    epochs = lambda: [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()  # noqa: E731
+                      if json.loads(x).get("kind") == "epoch"]
+    before, best_bytes, lines = epochs(), (run / "best.pt").read_bytes(), []
+    again = train({**resolve_config(_args(ds, run, checkpoint_every=0, **how))}, log=lines.append, resume=True)
+    assert epochs() == before and (run / "best.pt").read_bytes() == best_bytes
+    assert any("had finished training" in str(x) for x in lines)
+    for key in ("epochs_run", "best_epoch"):
+        assert again[key] == first[key]
+    assert again["test_full"] == first["test_full"]
+
+
 def test_stability_guard_skips_then_stops_with_checkpoint(ds, tmp_path):
     cfg = resolve_config(_args(ds, tmp_path / "s", max_grad_norm=1e-12, max_bad_steps=3))
     with pytest.raises(TrainingStopped, match="lower the learning rate"):

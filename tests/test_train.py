@@ -285,3 +285,41 @@ def test_plateau_options_are_checked():
         cli = {"dataset": "x", "train_dir": "y", **bad}
         with pytest.raises(ValueError, match="lr_plateau"):
             validate_config(resolve_config(cli))
+
+
+def test_sampled_protocol_infeasibility_fails_before_training(synthetic_ds, tmp_path):
+    from seqrec.train.batches import SequenceBatcher
+    from seqrec.train.evaluation import evaluate
+    from seqrec.train.trainer import check_sampled_negatives
+
+    ds = synthetic_ds
+    split = ds.eval_split("loo", 0.8)
+    b = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, split.train_end, 20)
+    users, pos = split.test_users, split.test_pos
+    fewest = min(ds.n_items - len(set(b.item[b.start[u - 1]: t + 1].tolist())) for u, t in zip(users, pos))
+    assert fewest < ds.n_items - 1  # the boundary below is a real one
+    model = build_model("sasrec", n_items=ds.n_items, hidden_units=16, num_heads=1, maxlen=20)
+    check_sampled_negatives(b, users, pos, ds.n_items, fewest)  # feasible: the evaluation itself agrees
+    evaluate(model, b, users, pos, protocol="sampled", n_negatives=fewest, ks=(10,))
+    with pytest.raises(ValueError, match=f"--eval_negatives {fewest + 1}: test user .* leaves only {fewest} of"):
+        check_sampled_negatives(b, users, pos, ds.n_items, fewest + 1)
+    with pytest.raises(ValueError):
+        evaluate(model, b, users, pos, protocol="sampled", n_negatives=fewest + 1, ks=(10,))
+    with pytest.raises(ValueError, match="set it to 0"):  # and training refuses before its first step
+        train(_cfg(ds, tmp_path / "r", eval_negatives=fewest + 1), log=lambda *a, **k: None)
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_metrics_of_a_rank_without_users_do_not_poison_the_reduction(tmp_path):
+    import torch.distributed as dist
+
+    from seqrec.train.trainer import _reduce_metrics
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        out = _reduce_metrics({"hr@10": float("nan"), "ndcg@10": float("nan"), "n_users": 0}, torch.device("cpu"))
+        assert out == {"hr@10": 0.0, "ndcg@10": 0.0, "n_users": 0}
+        out = _reduce_metrics({"hr@10": 0.25, "ndcg@10": 0.1, "n_users": 8}, torch.device("cpu"))
+        assert out == pytest.approx({"hr@10": 0.25, "ndcg@10": 0.1, "n_users": 8})
+    finally:
+        dist.destroy_process_group()

@@ -142,13 +142,30 @@ def dist_info() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def check_sampled_negatives(batcher: SequenceBatcher, users: np.ndarray, target_pos: np.ndarray, n_items: int,
+                            n_negatives: int) -> None:
+    """Fail *before* training when some test user's history leaves fewer than ``n_negatives``
+    items to draw the sampled protocol's negatives from (small item sets, long histories)."""
+    if not n_negatives or len(users) == 0:
+        return
+    hist_len = target_pos - batcher.start[users - 1]  # with repeats: >= distinct items seen
+    for r in np.nonzero(n_items - 1 - hist_len < n_negatives)[0]:
+        s, t = batcher.start[users[r] - 1], target_pos[r]
+        allowed = n_items - len(np.unique(batcher.item[s : t + 1]))  # neither history nor target
+        if allowed < n_negatives:
+            raise ValueError(
+                f"--eval_negatives {n_negatives}: test user {int(users[r])} leaves only {allowed} of {n_items} items "
+                f"to sample negatives from; lower --eval_negatives, or set it to 0 (full ranking only)")
+
+
 def _reduce_metrics(m: dict, device) -> dict:
     """Average per-user metrics across ranks, weighting each rank by its number of users."""
     if not (dist.is_available() and dist.is_initialized()):
         return m
     keys = sorted(k for k in m if "@" in k)
     n = float(m.get("n_users", 0))
-    t = torch.tensor([m[k] * n for k in keys] + [n], dtype=torch.float64, device=device)
+    # a rank without users (fewer users than processes) has NaN means: it contributes 0, not NaN
+    t = torch.tensor([m[k] * n if n else 0.0 for k in keys] + [n], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     total = float(t[-1])
     out = {k: float(t[i]) / max(total, 1.0) for i, k in enumerate(keys)}
@@ -229,6 +246,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
         train_users = np.intersect1d(train_users, pick)
         vk, tk = np.isin(valid_users, pick), np.isin(test_users, pick)
         valid_users, valid_pos, test_users, test_pos = valid_users[vk], valid_pos[vk], test_users[tk], test_pos[tk]
+    check_sampled_negatives(batcher, test_users, test_pos, ds.n_items, cfg["eval_negatives"])
     shard = slice(rank, None, world)  # this rank's evaluation users
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg['model']}{' + mHC' if cfg.get('mhc') else ''} on {ds.name}: {ds.n_users:,} users, "
@@ -251,7 +269,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
 
     # -- state (restored on resume) ----------------------------------------------------------
     st = {"epoch": 1, "batch_in_epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0,
-          "lr_scale": 1.0, "plateau_evals": 0,
+          "lr_scale": 1.0, "plateau_evals": 0, "finished": False,
           "bad_steps": 0, "epoch_loss": 0.0, "epoch_seq": 0, "rng_epoch_start": rng.bit_generator.state,
           "rng_now": rng.bit_generator.state, "log_offset": 0, "train_time_s": 0.0}
     # the step schedule times st["lr_scale"], which plateau decays lower (restored on resume)
@@ -272,8 +290,12 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
             truncate_log(run_dir / "metrics.jsonl", st["log_offset"])
             remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
         rng.bit_generator.state = st["rng_now"]
-        log(f"resumed from {run_dir / 'last.pt'}: epoch {st['epoch']}, {st['batch_in_epoch']} batches into it, "
-            f"step {st['step']}")
+        if st["finished"]:  # early-stopped or out of epochs/steps: only the final evaluation is redone
+            log(f"{run_dir} had finished training ({st['epoch'] - 1} epochs, best epoch {st['best_epoch']}); "
+                "evaluating its best checkpoint")
+        else:
+            log(f"resumed from {run_dir / 'last.pt'}: epoch {st['epoch']}, {st['batch_in_epoch']} batches into it, "
+                f"step {st['step']}")
     elif is_main:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -294,8 +316,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
 
     t_start = time.perf_counter() - st["train_time_s"]
     stop = False
-    epoch = st["epoch"]
-    for epoch in range(st["epoch"], cfg["num_epochs"] + 1):
+    for epoch in range(st["epoch"], cfg["num_epochs"] + 1 if not st["finished"] else 0):
         st["epoch"] = epoch
         if st["batch_in_epoch"] == 0:
             st["rng_epoch_start"] = rng.bit_generator.state
@@ -423,6 +444,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
         tracker.log(**record)
         # the epoch is complete: the next checkpoint starts the next epoch from its beginning
         st["epoch"], st["batch_in_epoch"] = epoch + 1, 0
+        st["finished"] = early_stop or stop or epoch == cfg["num_epochs"]
         st["rng_now"] = rng.bit_generator.state
         st["train_time_s"] = time.perf_counter() - t_start
         checkpoint("last.pt")
@@ -446,7 +468,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
     if cfg["eval_negatives"]:
         result["protocol_sampled"] = f"{cfg['eval_negatives']} uniform negatives not in the user's history"
         result["test_sampled"] = run_eval(test_users, test_pos, "sampled", n_negatives=cfg["eval_negatives"], seed=cfg["seed"])
-    result.update(best_epoch=st["best_epoch"], epochs_run=epoch, steps=st["step"], train_time_s=train_time,
+    result.update(best_epoch=st["best_epoch"], epochs_run=st["epoch"] - 1, steps=st["step"], train_time_s=train_time,
                   model=cfg["model"], mhc=bool(cfg.get("mhc")), dataset=ds.name, device=str(device), world_size=world)
     tracker.log(kind="test", **result)
     tracker.close()
