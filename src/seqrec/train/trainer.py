@@ -142,6 +142,13 @@ def dist_info() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _finished(st: dict, cfg: dict) -> bool:
+    """Nothing left to train: early-stopped, or out of epochs or steps (a resume with a larger
+    ``num_epochs`` / ``max_steps``, possible through the API, continues)."""
+    return bool(st["early_stopped"]) or st["epoch"] > cfg["num_epochs"] or bool(
+        cfg["max_steps"] and st["step"] >= cfg["max_steps"])
+
+
 def check_sampled_negatives(batcher: SequenceBatcher, users: np.ndarray, target_pos: np.ndarray, n_items: int,
                             n_negatives: int) -> None:
     """Fail *before* training when some test user's history leaves fewer than ``n_negatives``
@@ -269,7 +276,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
 
     # -- state (restored on resume) ----------------------------------------------------------
     st = {"epoch": 1, "batch_in_epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0,
-          "lr_scale": 1.0, "plateau_evals": 0, "finished": False,
+          "lr_scale": 1.0, "plateau_evals": 0, "early_stopped": False,
           "bad_steps": 0, "epoch_loss": 0.0, "epoch_seq": 0, "rng_epoch_start": rng.bit_generator.state,
           "rng_now": rng.bit_generator.state, "log_offset": 0, "train_time_s": 0.0}
     # the step schedule times st["lr_scale"], which plateau decays lower (restored on resume)
@@ -290,7 +297,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
             truncate_log(run_dir / "metrics.jsonl", st["log_offset"])
             remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
         rng.bit_generator.state = st["rng_now"]
-        if st["finished"]:  # early-stopped or out of epochs/steps: only the final evaluation is redone
+        if _finished(st, cfg):  # early-stopped or out of epochs/steps: only the final evaluation is redone
             log(f"{run_dir} had finished training ({st['epoch'] - 1} epochs, best epoch {st['best_epoch']}); "
                 "evaluating its best checkpoint")
         else:
@@ -316,7 +323,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
 
     t_start = time.perf_counter() - st["train_time_s"]
     stop = False
-    for epoch in range(st["epoch"], cfg["num_epochs"] + 1 if not st["finished"] else 0):
+    for epoch in range(st["epoch"], cfg["num_epochs"] + 1 if not _finished(st, cfg) else 0):
         st["epoch"] = epoch
         if st["batch_in_epoch"] == 0:
             st["rng_epoch_start"] = rng.bit_generator.state
@@ -444,7 +451,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
         tracker.log(**record)
         # the epoch is complete: the next checkpoint starts the next epoch from its beginning
         st["epoch"], st["batch_in_epoch"] = epoch + 1, 0
-        st["finished"] = early_stop or stop or epoch == cfg["num_epochs"]
+        st["early_stopped"] = early_stop
         st["rng_now"] = rng.bit_generator.state
         st["train_time_s"] = time.perf_counter() - t_start
         checkpoint("last.pt")
