@@ -145,3 +145,22 @@ def test_format_option_overrides_a_known_dataset_reader(tmp_path, capsys):
     assert main(["prepare", "ml-1m", "--raw", str(inter), "--format", "recbole", "--out", str(tmp_path / "d"),
                  "--min_user", "1", "--min_item", "1"]) == 0
     assert "6 users / 5 items / 30 interactions" in capsys.readouterr().out
+
+
+def test_prepare_synthetic_defaults_are_the_generators(tmp_path, capsys):
+    # `seqrec prepare synthetic` and `seqrec train --dataset synthetic` (which prepares it on
+    # the fly without options) must build the same set.
+    import inspect
+
+    from seqrec.data.synthetic import generate
+
+    assert main(["prepare", "synthetic", "--out", str(tmp_path / "cli")]) == 0
+    on_the_fly = prepare_dataset("synthetic", out=tmp_path / "api", log=None)
+    assert load_dataset(tmp_path / "cli").stats == on_the_fly.stats
+    defaults = inspect.signature(generate).parameters
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for opt, param in (("users", "n_users"), ("items", "n_items"), ("seed", "seed")):
+        assert f"synthetic: {'number of ' + opt if opt != 'seed' else 'seed'} (default: {defaults[param].default})" \
+            in help_text

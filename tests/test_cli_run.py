@@ -30,6 +30,13 @@ def test_verify_then_train_then_tools(run_dir, capsys):
     assert len(lines) == 4
     assert main(["compare", str(root / "r"), str(root / "r"), "--markdown", str(root / "cmp.md")]) == 0
     assert "full hr@10" in (root / "cmp.md").read_text()
+    (root / "r.log").write_text("a training log, as `runs/*` also matches\n")
+    capsys.readouterr()
+    assert main(["compare", str(root / "r"), str(root / "r.log")]) == 0
+    out, err = capsys.readouterr()
+    assert "| r |" in out and "skipped 1 path(s) that are not run folders" in err and "r.log" in err
+    assert main(["compare", str(root / "r.log")]) == 2
+    assert "no seqrec run folder" in capsys.readouterr().err
     assert main(["report", str(root / "r")]) == 0
 
 
@@ -45,3 +52,12 @@ def test_recommend_unknown_user_is_clear(run_dir, capsys):
         assert main(["train", *args, "--train_dir", str(root / "r")]) == 0
     assert main(["recommend", str(root / "r"), "--user", "999999"]) == 2
     assert "not in dataset" in capsys.readouterr().err
+
+
+def test_recommend_timestamps_accept_float_notation():
+    from seqrec.cli import _unix_seconds
+
+    assert _unix_seconds("1.7e9") == 1_700_000_000 and _unix_seconds(" 1700000000.5") == 1_700_000_000
+    for bad in ("soon", "nan", "inf"):
+        with pytest.raises(ValueError, match="not a number of Unix seconds"):
+            _unix_seconds(bad)

@@ -167,6 +167,18 @@ def test_offline_error_suggests_raw(tmp_path, monkeypatch):
     assert leftovers(tmp_path / "cache") == []
 
 
+def test_cli_reports_a_failed_download_in_one_line(tmp_path, monkeypatch, capsys):
+    from seqrec.cli import main
+
+    monkeypatch.setenv("SEQREC_HOME", str(tmp_path / "home"))
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    url = "http://127.0.0.1:9/ml-1m.zip"
+    assert main(["prepare", "ml-1m", "--url", url, "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqrec prepare: error:") and "--raw PATH" in err and "Traceback" not in err
+
+
 def test_http_404_and_not_a_zip(server, tmp_path):
     base, root, _ = server
     with pytest.raises(DownloadError, match="HTTP 404"):

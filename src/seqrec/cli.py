@@ -30,9 +30,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("--iterative", action=argparse.BooleanOptionalAction, default=None,
                    help="iterate the k-core filter until stable (default: the recipe's, single pass for SASRec)")
     p.add_argument("--min_rating", type=float, help="drop interactions rated below this")
-    p.add_argument("--users", type=int, default=2000, help="synthetic: number of users")
-    p.add_argument("--items", type=int, default=800, help="synthetic: number of items")
-    p.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    # synthetic: unset values take the generator's defaults, the ones `train --dataset synthetic` uses
+    p.add_argument("--users", type=int, help="synthetic: number of users (default: 1000)")
+    p.add_argument("--items", type=int, help="synthetic: number of items (default: 500)")
+    p.add_argument("--seed", type=int, help="synthetic: seed (default: 0)")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -44,7 +45,7 @@ def cmd_prepare(args) -> int:
         spec.recipe if spec else Recipe(),
         min_user=args.min_user, min_item=args.min_item, iterative=args.iterative, min_rating=args.min_rating,
     )
-    syn = {"n_users": args.users, "n_items": args.items, "seed": args.seed}
+    syn = {k: v for k, v in (("n_users", args.users), ("n_items", args.items), ("seed", args.seed)) if v is not None}
     ds = prepare_dataset(args.name, raw=args.raw, out=args.out, fmt=args.fmt, recipe=recipe, url=args.url,
                          synthetic_kwargs=syn)
     print(ds.summary())
@@ -171,7 +172,13 @@ def cmd_compare(args) -> int:
     from .track.compare import load_runs, to_csv, to_markdown
     from .utils.io import atomic_path
 
-    rows = load_runs(args.runs)
+    skipped: list[Path] = []
+    rows = load_runs(args.runs, skipped=skipped)
+    if skipped:
+        print(f"skipped {len(skipped)} path(s) that are not run folders (no config.yaml): "
+              + ", ".join(str(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
+    if not rows:
+        raise FileNotFoundError("no seqrec run folder among the given paths")
     table = to_markdown(rows)
     print(table)
     for path, text in ((args.markdown, table + "\n"), (args.csv, to_csv(rows))):
@@ -222,6 +229,17 @@ def _add_recommend(sub) -> None:
     p.set_defaults(func=cmd_recommend)
 
 
+def _unix_seconds(text: str) -> int:
+    """``1700000000``, ``1.7e9`` or ``1700000000.5`` -> whole Unix seconds; else a clear error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--timestamps: {text!r} is not a number of Unix seconds") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"--timestamps: {text!r} is not a number of Unix seconds")
+    return int(value)
+
+
 def cmd_recommend(args) -> int:
     from .api import load
 
@@ -232,7 +250,7 @@ def cmd_recommend(args) -> int:
         top = rec.recommend(args.user, **kw)
         print(f"top {args.k} for user {args.user}:")
     else:
-        ts = [int(t) for t in split(args.timestamps)] if args.timestamps else None
+        ts = [_unix_seconds(t) for t in split(args.timestamps)] if args.timestamps else None
         top = rec.recommend(history=split(args.history), timestamps=ts, **kw)
         print(f"top {args.k} after {len(split(args.history))} items:")
     for r in top:
@@ -277,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from .data.download import DownloadError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, DownloadError) as exc:
         # Expected user errors: one clear line, no traceback.
         print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
         return 2

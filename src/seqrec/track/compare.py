@@ -13,11 +13,16 @@ SETTINGS = ("model", "dataset", "loss", "maxlen", "hidden_units", "num_blocks", 
 METRICS = (("test_full", "hr@10"), ("test_full", "ndcg@10"), ("test_sampled", "hr@10"), ("test_sampled", "ndcg@10"))
 
 
-def load_runs(dirs: list[str | Path]) -> list[dict]:
+def load_runs(dirs: list[str | Path], skipped: list[Path] | None = None) -> list[dict]:
+    """One row per run folder. With a ``skipped`` list, paths that are not run folders (e.g.
+    the log files a ``runs/*`` glob also matches) are appended to it instead of raising."""
     rows = []
     for d in dirs:
         d = Path(d)
         if not (d / "config.yaml").exists():
+            if skipped is not None:
+                skipped.append(d)
+                continue
             raise FileNotFoundError(f"{d} is not a seqrec run folder (no config.yaml)")
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         res_path = d / "test_metrics.json"

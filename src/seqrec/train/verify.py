@@ -632,7 +632,8 @@ def check_disk(ctx: _Context) -> Check:
     detail = (f"{human_bytes(free)} free at {existing}; two checkpoints (best.pt, last.pt) of ~{human_bytes(ckpt)} "
               f"need ~{human_bytes(need)} with a safety factor of {DISK_SAFETY:g}")
     if (train_dir / "metrics.jsonl").exists():
-        detail += f"; note: {train_dir} already holds a run (its metrics.jsonl would be appended to)"
+        detail += (f"; note: {train_dir} already holds a run: a new run there replaces its metrics.jsonl and "
+                   "checkpoints (continue it with --resume instead)")
     data = {"free_bytes": free, "need_bytes": need, "path": str(existing)}
     if free < need:
         raise CheckError(detail, "free some space or choose another --train_dir", data)
