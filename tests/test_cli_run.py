@@ -61,3 +61,58 @@ def test_recommend_timestamps_accept_float_notation():
     for bad in ("soon", "nan", "inf"):
         with pytest.raises(ValueError, match="not a number of Unix seconds"):
             _unix_seconds(bad)
+
+
+def test_compare_paired_on_the_same_users(run_dir, capsys, tmp_path):
+    import json
+
+    import numpy as np
+    import torch
+
+    from seqrec.eval import per_user_metrics
+    from seqrec.train.evaluation import evaluate
+    from seqrec.train.runs import load_run
+
+    root, args = run_dir
+    for name, seed in (("r", "42"), ("r2", "7")):
+        if not (root / name / "best.pt").exists():
+            assert main(["train", *args, "--train_dir", str(root / name), "--seed", seed]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(root / "r"), str(root / "r2"), "--paired", "--metrics", "hr@10,ndcg@5"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[1].startswith("| metric | A | B | B - A | paired SE | 95% CI | p |")
+    payload = json.loads(out[-1])
+    # the means are each run's own full-ranking test metrics, on the same users
+    for name, side in (("r", "mean_a"), ("r2", "mean_b")):
+        saved = json.loads((root / name / "test_metrics.json").read_text())["test_full"]
+        assert payload["metrics"]["hr@10"][side] == pytest.approx(saved["hr@10"])
+        assert payload["metrics"]["ndcg@5"][side] == pytest.approx(saved["ndcg@5"])
+    hr = payload["metrics"]["hr@10"]
+    assert hr["diff"] == pytest.approx(hr["mean_b"] - hr["mean_a"]) and hr["ci_low"] <= hr["diff"] <= hr["ci_high"]
+    assert main(["compare", str(root / "r"), str(root / "r"), "--paired"]) == 0
+    same = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]["ndcg@10"]
+    assert same["diff"] == 0 and same["p"] == 1.0
+    assert main(["compare", str(root / "r"), "--paired"]) == 2
+    assert "exactly two runs" in capsys.readouterr().err
+    assert main(["compare", str(root / "r"), str(root / "r2"), "--paired", "--metrics", "auc"]) == 2
+    # evaluate(return_ranks=True) gives ranks in the caller's order, whatever order it ranks in
+    run = load_run(root / "r", device="cpu")
+    sp = run.dataset.eval_split("loo", 0.8)
+    perm = np.random.default_rng(0).permutation(len(sp.test_users))
+    m, ranks = evaluate(run.model, run.batcher, sp.test_users, sp.test_pos, return_ranks=True, ks=(10,))
+    _, shuffled = evaluate(run.model, run.batcher, sp.test_users[perm], sp.test_pos[perm], return_ranks=True, ks=(10,))
+    assert torch.equal(shuffled, ranks[torch.from_numpy(perm)])
+    assert per_user_metrics(ranks, (10,))["hr@10"].mean().item() == pytest.approx(m["hr@10"])
+
+
+def test_compare_paired_refuses_runs_on_different_users(run_dir, capsys, tmp_path):
+    root, args = run_dir
+    if not (root / "r" / "best.pt").exists():
+        assert main(["train", *args, "--train_dir", str(root / "r")]) == 0
+    other = prepare_dataset("synthetic", out=tmp_path / "ds2", log=None,
+                            synthetic_kwargs={"n_users": 150, "n_items": 60, "seed": 5, "max_length": 30})
+    swapped = [str(other.path) if a == args[1] else a for a in args]
+    assert main(["train", *swapped, "--train_dir", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(root / "r"), str(tmp_path / "o"), "--paired"]) == 2
+    assert "not evaluated on the same test users" in capsys.readouterr().err

@@ -161,16 +161,56 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="table of several runs' settings and test metrics")
+    p = sub.add_parser("compare", help="table of several runs' settings and test metrics; --paired: a "
+                       "significance test of two runs on the same users")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--markdown", help="also write the table to this Markdown file")
     p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--paired", action="store_true",
+                   help="exactly two runs A B: re-rank both best checkpoints on the same users (full ranking) and "
+                        "report B - A per metric with its paired standard error, confidence interval and p-value")
+    p.add_argument("--split", choices=("test", "valid"), default="test", help="--paired: users to compare on")
+    p.add_argument("--metrics", default="hr@10,ndcg@10", help="--paired: comma-separated metrics")
+    p.add_argument("--confidence", type=float, default=0.95, help="--paired: level of the interval")
+    p.add_argument("--device", default="auto", help="--paired: device for the re-ranking")
     p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare_paired(args) -> int:
+    import json
+
+    from .train.runs import paired_compare
+
+    if len(args.runs) != 2:
+        raise ValueError(f"--paired compares exactly two runs (A B), got {len(args.runs)}")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    out = paired_compare(args.runs[0], args.runs[1], split=args.split, metrics=metrics, device=args.device,
+                         confidence=args.confidence)
+    a, b = (Path(r).name for r in args.runs)
+    ci = f"{args.confidence:.0%} CI"
+    lines = [f"{args.split}, full ranking, {next(iter(out['metrics'].values()))['n']:,} users; A = {a}, B = {b}",
+             f"| metric | A | B | B - A | paired SE | {ci} | p | users A better / B better |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m, r in out["metrics"].items():
+        lines.append(f"| {m} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | {r['diff']:+.4f} | {r['se']:.4f} | "
+                     f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p']:.3g} | {r['a_better']:,} / {r['b_better']:,} |")
+    table = "\n".join(lines)
+    print(table)
+    print(json.dumps(out))
+    if args.markdown:
+        from .utils.io import atomic_path
+
+        with atomic_path(args.markdown) as tmp:
+            tmp.write_text(table + "\n")
+    return 0
 
 
 def cmd_compare(args) -> int:
     from .track.compare import load_runs, to_csv, to_markdown
     from .utils.io import atomic_path
+
+    if args.paired:
+        return cmd_compare_paired(args)
 
     skipped: list[Path] = []
     rows = load_runs(args.runs, skipped=skipped)

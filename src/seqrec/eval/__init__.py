@@ -4,6 +4,7 @@
   Recall at K, accumulated batch by batch.
 * :mod:`seqrec.eval.protocols` — full ranking over all items (with history exclusion) and
   sampled-negative ranking.
+* :mod:`seqrec.eval.stats` — paired comparison of two models on the same users.
 
 Items are ids ``1..n_items``; column 0 of every score matrix is padding and never ranked.
 """
@@ -28,6 +29,7 @@ from seqrec.eval.protocols import (
     sample_negatives,
     sampled,
 )
+from seqrec.eval.stats import paired_difference
 
 __all__ = [
     "DEFAULT_KS",
@@ -41,6 +43,7 @@ __all__ = [
     "full_ranking",
     "gather_scorer",
     "metric_keys",
+    "paired_difference",
     "metrics_from_ranks",
     "per_user_metrics",
     "rank_of_targets",

@@ -138,7 +138,8 @@ def full_ranking(
     ties: str = "pessimistic",
     n_items: int | None = None,
     progress: bool = False,
-) -> dict[str, float]:
+    return_ranks: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], Tensor]:
     """Rank each row's target(s) against all ``n_items`` items.
 
     Args:
@@ -157,10 +158,12 @@ def full_ranking(
         ties: ``"pessimistic"`` (default) or ``"average"``; see :mod:`seqrec.eval.metrics`.
         n_items: optional; otherwise taken from the score width.
         progress: show a tqdm bar.
+        return_ranks: also return the 0-based ranks, ``[U]`` (or ``[U, T]``, -1 for padding
+            slots) in row order, e.g. for paired tests (:func:`seqrec.eval.paired_difference`).
 
     Returns:
         ``{"hr@5": float, ..., "n_users": int}`` (means over rows; for multi-target rows,
-        rows without a target are skipped).
+        rows without a target are skipped); with ``return_ranks``, ``(metrics, ranks)``.
     """
     check_ties(ties)
     ks, metrics = check_ks_metrics(ks, metrics)
@@ -179,6 +182,7 @@ def full_ranking(
         history = check_history(history, n_rows)
 
     acc = MetricAccumulator(ks, metrics)
+    all_ranks: list[Tensor] = []
     mask_rows = mask_cols = mask_rows_cpu = None
     prepared = False
     for start, stop in _batches(n_rows, batch_size, progress, "full ranking"):
@@ -221,7 +225,13 @@ def full_ranking(
                 index = (mask_rows[lo:hi] - start, mask_cols[lo:hi])
                 scores.index_put_(index, torch.tensor(float("-inf"), dtype=scores.dtype,
                                                       device=scores.device))
-        acc.update(_rank_of_targets(scores, batch_targets, ties))
+        ranks = _rank_of_targets(scores, batch_targets, ties)
+        acc.update(ranks)
+        if return_ranks:
+            all_ranks.append(ranks.cpu())
+    if return_ranks:
+        shape = (0,) if targets.dim() == 1 else (0, targets.shape[1])
+        return acc.result(), torch.cat(all_ranks) if all_ranks else torch.zeros(shape, dtype=torch.long)
     return acc.result()
 
 

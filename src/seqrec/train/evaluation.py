@@ -32,12 +32,16 @@ def evaluate(
     autocast=None,
     progress: bool = False,
     forward_batch: int = 128,
-) -> dict:
+    return_ranks: bool = False,
+) -> dict | tuple[dict, torch.Tensor]:
     """Rank each user's target (flat position ``target_pos``) given the items before it.
 
     ``protocol="full"``: against all items (history excluded when ``exclude_history``);
-    ``protocol="sampled"``: against ``n_negatives`` sampled items.
+    ``protocol="sampled"``: against ``n_negatives`` sampled items. ``return_ranks`` (full
+    ranking only): also return the targets' 0-based ranks ``[U]`` in the order of ``users``.
     """
+    if return_ranks and protocol != "full":
+        raise ValueError("return_ranks is available for the full-ranking protocol only")
     was_training = model.training
     model.eval()
     users = np.asarray(users, dtype=np.int64)
@@ -65,8 +69,14 @@ def evaluate(
 
     try:
         if protocol == "full":
-            return full_ranking(score_fn, users, targets, history=history, exclude_history=exclude_history,
-                                ks=ks, batch_size=batch_size, progress=progress)
+            out = full_ranking(score_fn, users, targets, history=history, exclude_history=exclude_history,
+                               ks=ks, batch_size=batch_size, progress=progress, return_ranks=return_ranks)
+            if not return_ranks:
+                return out
+            metrics, sorted_ranks = out
+            ranks = torch.empty_like(sorted_ranks)
+            ranks[torch.from_numpy(order)] = sorted_ranks  # back to the caller's order
+            return metrics, ranks
         if protocol == "sampled":
             from ..eval import gather_scorer
 

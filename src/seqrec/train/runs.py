@@ -6,11 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from ..data.datasets import resolve_dataset
 from ..data.store import SeqDataset
+from ..eval import paired_difference, per_user_metrics
 from ..models import build_model, get_model_class
 from .batches import SequenceBatcher
 from .evaluation import evaluate
@@ -61,3 +63,38 @@ def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives=100, d
         log(f"{split} {proto:8s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if "@" in k))
     log(json.dumps({"run": str(run_dir), "split": split, **out}, default=float))
     return out
+
+
+def _eval_rows(run: LoadedRun, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    sp = run.dataset.eval_split(run.cfg.get("split", "loo"), run.cfg.get("split_fraction", 0.8))
+    return (sp.test_users, sp.test_pos) if split == "test" else (sp.valid_users, sp.valid_pos)
+
+
+def paired_compare(run_a, run_b, split: str = "test", metrics=("hr@10", "ndcg@10"), checkpoint: str = "best.pt",
+                   device: str = "auto", confidence: float = 0.95) -> dict:
+    """Run B against run A on the same users (full ranking): per metric, both means, the
+    paired difference B - A with its standard error, confidence interval and p-value
+    (:func:`seqrec.eval.paired_difference`). The two runs must share dataset and split."""
+    metric_names = list(metrics)
+    for m in metric_names:
+        name, _, k = m.partition("@")
+        if name not in ("hr", "ndcg", "mrr", "recall") or not k.isdigit() or int(k) not in KS:
+            raise ValueError(f"metric {m!r}: use hr, ndcg, mrr or recall at K in {', '.join(map(str, KS))}")
+    runs = [load_run(r, checkpoint, device) for r in (run_a, run_b)]
+    (ua, pa), (ub, pb) = (_eval_rows(r, split) for r in runs)
+    sums = [r.dataset.manifest.get("checksums") for r in runs]
+    if sums[0] != sums[1] or not (np.array_equal(ua, ub) and np.array_equal(pa, pb)):
+        raise ValueError(f"{run_a} and {run_b} are not evaluated on the same {split} users "
+                         "(different datasets or splits): a paired comparison needs the same rows")
+    if runs[0].cfg.get("exclude_history", True) != runs[1].cfg.get("exclude_history", True):
+        raise ValueError("the two runs differ in exclude_history: their full rankings are not the same protocol")
+    per_user = []
+    for r in runs:
+        _, ranks = evaluate(r.model, r.batcher, ua, pa, protocol="full", device=r.device, ks=KS,
+                            batch_size=r.cfg.get("eval_batch_size", 1024),
+                            exclude_history=r.cfg.get("exclude_history", True), return_ranks=True)
+        per_user.append(per_user_metrics(ranks, KS))
+    return {"run_a": str(run_a), "run_b": str(run_b), "split": split, "protocol": "full ranking",
+            "metrics": {m: paired_difference(per_user[0][m], per_user[1][m], confidence) for m in metric_names}}
