@@ -1,6 +1,7 @@
 """Kill-and-resume gives the same final metrics; the stability guard; debug profile; DDP."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -127,6 +128,32 @@ def test_stability_guard_skips_then_stops_with_checkpoint(ds, tmp_path):
     assert (tmp_path / "s" / "last.pt").exists()
 
 
+def test_fp16_scaler_overflows_are_not_gradient_explosions(ds, tmp_path, monkeypatch):
+    # The fp16 GradScaler probes its scale by overflowing now and then (inf gradients, finite
+    # loss); those steps are its own to skip, and must not count towards --max_bad_steps.
+    # Simulated on CPU: a CPU scaler whose first 6 scaled losses overflow to inf.
+    from seqrec.train import trainer as trainer_mod
+
+    class OverflowingScaler(torch.amp.GradScaler):
+        calls = 0
+
+        def scale(self, outputs):
+            OverflowingScaler.calls += 1
+            out = super().scale(outputs)
+            return out * float("inf") if OverflowingScaler.calls <= 6 else out
+
+    monkeypatch.setattr(trainer_mod, "autocast_for", lambda device, amp: (None, True))
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device="cuda", **kw: OverflowingScaler("cpu"))
+    res = train(resolve_config(_args(ds, tmp_path / "f", num_epochs=2, max_bad_steps=3, checkpoint_every=0)),
+                log=QUIET)
+    events = [json.loads(x) for x in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
+    overflows = [e for e in events if e.get("event") == "amp_overflow"]
+    assert [e["step"] for e in overflows] == [1, 2, 3, 4, 5, 6]  # more than max_bad_steps: not stopped
+    assert not [e for e in events if e.get("event") == "gradient_explosion"]
+    assert overflows[-1]["scale"] < overflows[0]["scale"]  # the scaler backed off
+    assert res["epochs_run"] == 2 and math.isfinite(res["test_full"]["hr@10"])
+
+
 def test_worst_gradient_names_the_nan_layer():
     m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
     m(torch.randn(2, 3)).sum().backward()
@@ -143,8 +170,11 @@ def test_debug_profile_is_small_and_complete(ds, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(ds, tmp_path):
-    """torchrun with the gloo backend on CPU: same global batch -> same training (dropout 0)."""
-    args = _args(ds, tmp_path / "single", dropout_rate=0.0, num_epochs=3, checkpoint_every=0)
+    """torchrun with the gloo backend on CPU: same global batch -> same training (dropout 0).
+    Batch 57 leaves a last batch of one user (400 = 7 x 57 + 1): rank 1 then has no rows and
+    must still join the gradient all-reduce, with no weight in the loss."""
+    args = _args(ds, tmp_path / "single", dropout_rate=0.0, num_epochs=3, checkpoint_every=0, batch_size=57)
+    assert len(ds.eval_split("loo", 0.8).train_end) == 400 and 400 % 57 == 1
     single = train(resolve_config(args), log=QUIET)
     ddp_args = {**args, "train_dir": str(tmp_path / "ddp")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + _cli(ddp_args)[1:]
@@ -156,6 +186,42 @@ def test_ddp_two_processes_match_single_process(ds, tmp_path):
     for m in ("hr@10", "ndcg@10"):
         assert got["test_full"][m] == pytest.approx(single["test_full"][m], abs=0.02)
         assert got["valid_full"][m] == pytest.approx(single["valid_full"][m], abs=0.02)
+
+
+@pytest.mark.parametrize("negatives", [None, "shared", "per_position", "position"])
+@pytest.mark.parametrize("n,world", [(7, 2), (3, 4), (1, 2), (8, 4)])
+def test_shard_batch_splits_rows_and_loss_weights(n, world, negatives):
+    from seqrec.train.trainer import shard_batch
+
+    g = torch.Generator().manual_seed(n * 10 + world)
+    targets = torch.randint(0, 5, (n, 6), generator=g)
+    targets[:, -1] = 1 + targets[:, -1] % 4  # every row has a target
+    batch = {"items": torch.randint(0, 9, (n, 6), generator=g), "targets": targets, "users": torch.arange(1, n + 1)}
+    if negatives == "shared":
+        batch["negatives"] = torch.randint(1, 9, (n + 3,), generator=g)  # [N], even when N happens to be B
+    elif negatives == "per_position":
+        batch["negatives"] = torch.randint(1, 9, (n, 6), generator=g)
+    elif negatives == "position":
+        batch["negatives"] = torch.randint(1, 9, (n, 6, 5), generator=g)
+    per_row = torch.rand(n, generator=g)  # a per-row loss; a rank's loss is the mean over its targets
+    weights = (targets > 0).sum(1).double()
+    global_mean = float((per_row * weights).sum() / weights.sum())
+    total, seen = 0.0, []
+    for rank in range(world):
+        mine, factor = shard_batch(batch, rank, world)
+        rows = (mine["users"] - 1).long()
+        if rank >= n:  # no rows of its own: a stand-in row that weighs nothing
+            assert factor == 0 and len(rows) == 1
+        else:
+            assert rows.tolist() == list(range(rank, n, world))
+            seen += rows.tolist()
+        for k, v in mine.items():
+            want = batch[k] if (k == "negatives" and negatives == "shared") else batch[k][rows]
+            assert torch.equal(v, want)
+        w = weights[rows]
+        total += factor * float((per_row[rows] * w).sum() / w.sum())
+    assert sorted(seen) == list(range(n))
+    assert total / world == pytest.approx(global_mean)  # DDP averages the ranks' gradients
 
 
 def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):

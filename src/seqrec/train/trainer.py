@@ -142,6 +142,24 @@ def dist_info() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def shard_batch(global_batch: dict, rank: int, world: int) -> tuple[dict, float]:
+    """This rank's rows (``rank::world``) of a global batch, and the factor that turns its mean
+    loss into its share of the global batch's mean (the ranks' gradients are averaged).
+
+    A rank left without rows (a last batch smaller than ``world``) gets one stand-in row with
+    factor 0: it still runs forward and backward, which DDP's gradient all-reduce needs."""
+    n = global_batch["targets"].shape[0]
+    rows = torch.arange(rank, n, world)
+    empty = rows.numel() == 0
+    if empty:
+        rows = torch.zeros(1, dtype=torch.long)
+    batch = {k: v if (k == "negatives" and v.dim() == 1) else v[rows]  # 1-D negatives: shared by the batch
+             for k, v in global_batch.items()}
+    n_mine = 0 if empty else int((batch["targets"] > 0).sum())
+    n_all = int((global_batch["targets"] > 0).sum())
+    return batch, n_mine * world / max(n_all, 1)
+
+
 def _finished(st: dict, cfg: dict) -> bool:
     """Nothing left to train: early-stopped, or out of epochs or steps (a resume with a larger
     ``num_epochs`` / ``max_steps``, possible through the API, continues)."""
@@ -306,6 +324,13 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
     elif is_main:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+    if resume and st["bad_steps"] >= cfg["max_bad_steps"]:  # stopped by the guard: --resume grants a new budget
+        log(f"the previous session stopped after {st['bad_steps']} skipped steps; the count starts again")
+        st["bad_steps"] = 0
+    if world > 1 and rank > 0:
+        # model and data order are shared (DDP broadcasts rank 0's weights; `rng` is seeded alike),
+        # but each rank's dropout masks must differ, as the rows of one big batch would
+        torch.manual_seed(hash((cfg["seed"], rank, st["step"])) % 2**63)
     tracker = Tracker(run_dir, cfg, wandb=cfg.get("wandb", False), tensorboard=cfg.get("tensorboard", False),
                       enabled=is_main)
     metric = cfg["metric"]
@@ -344,22 +369,14 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
             if negatives is not None:
                 global_batch["negatives"] = negatives
             if world > 1:  # this rank's users; loss rescaled to the global batch's mean
-                batch = batcher.train_batch(users[rank::world])
-                n_mine = int((batch["targets"] > 0).sum())
-                n_all = int((global_batch["targets"] > 0).sum())
-                if negatives is not None and negatives.dim() > 1:  # per position: this rank's rows
-                    L = batch["targets"].shape[1]
-                    batch["negatives"] = negatives[rank::world, -L:]
-                elif negatives is not None:  # shared by the batch
-                    batch["negatives"] = negatives
-                loss_scale = n_mine * world / max(n_all, 1)
+                batch, loss_scale = shard_batch(global_batch, rank, world)
             else:
                 batch, loss_scale = global_batch, 1.0
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast() if autocast else nullcontext():
                 hidden = forward(batch)
                 loss = loss_fn(model, hidden, batch["targets"], negatives=batch.get("negatives"))
-                if loss_scale != 1.0:
+                if world > 1:
                     loss = loss * loss_scale
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -369,10 +386,24 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
                 loss.backward()
             clip = cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf")
             gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-            lv = float(loss.detach()) / loss_scale
+            lv_t = loss.detach().float()
+            if world > 1:  # the ranks' scaled losses sum to world x the global batch's mean
+                dist.all_reduce(lv_t)
+                lv_t /= world
+            lv = float(lv_t)  # the same on every rank, so every rank takes the same decision below
             st["step"] += 1
             st["batch_in_epoch"] += 1
-            exploded = not math.isfinite(lv) or not math.isfinite(gnorm) or gnorm > cfg["max_grad_norm"]
+            # fp16: inf/NaN gradients with a finite loss are the gradient scaler's own overflow
+            # probes (it then lowers its scale and skips the step): not an explosion
+            scaler_skip = scaler is not None and not math.isfinite(gnorm) and math.isfinite(lv)
+            exploded = not scaler_skip and (not math.isfinite(lv) or not math.isfinite(gnorm)
+                                            or gnorm > cfg["max_grad_norm"])
+            if scaler_skip:
+                scaler.step(optimizer)  # skipped: unscale_ recorded the infs
+                scaler.update()  # (the lr schedule does not advance, as for any skipped step)
+                tracker.log(kind="event", event="amp_overflow", epoch=epoch, step=st["step"],
+                            scale=float(scaler.get_scale()))
+                continue
             if exploded:
                 layer, lnorm = worst_gradient(model)
                 st["bad_steps"] += 1
@@ -390,7 +421,8 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
                     checkpoint("last.pt")
                     reason = (f"stopped after {st['bad_steps']} skipped steps with exploding or non-finite "
                               f"gradients (last in {layer}). Suggested fixes: {STABILITY_FIXES}. The state is in "
-                              f"{run_dir / 'last.pt'}; change the settings and start again (or --resume).")
+                              f"{run_dir / 'last.pt'}; change the settings and start again, or --resume it as "
+                              f"it is (the count of skipped steps then starts again).")
                     tracker.log(kind="event", event="stopped", step=st["step"], reason=reason)
                     tracker.close()
                     raise TrainingStopped(reason)
