@@ -41,3 +41,23 @@ def test_tensorboard_events(tmp_path):
     train(_tiny(tmp_path, tensorboard=True), log=lambda *a: None)
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_tensorboard_drops_the_events_a_resume_replays(tmp_path):
+    # A session killed after its checkpoint had logged steps the resumed session logs again:
+    # TensorBoard must hold each step once, as metrics.jsonl does.
+    pytest.importorskip("torch.utils.tensorboard")
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    import shutil
+
+    cfg = _tiny(tmp_path, tensorboard=True, log_every=1, num_epochs=1, batch_size=16)
+    train(cfg, log=lambda *a: None)
+    run = tmp_path / "run"
+    shutil.copy(run / "last.pt", tmp_path / "epoch1.pt")
+    train({**cfg, "num_epochs": 2}, log=lambda *a: None, resume=True)  # epoch 2 logged...
+    shutil.copy(tmp_path / "epoch1.pt", run / "last.pt")  # ...then "killed" back to epoch 1's checkpoint
+    train({**cfg, "num_epochs": 2}, log=lambda *a: None, resume=True)  # epoch 2 replayed
+    acc = event_accumulator.EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("step/loss")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 8  # every step once, in order

@@ -55,12 +55,16 @@ class WandbSink:
 
 
 class TensorboardSink:
-    def __init__(self, run_dir: Path):
+    """TensorBoard event files under ``run_dir/tensorboard``. ``purge_step`` (a resumed run's
+    first replayed step) drops the events a killed session wrote after its checkpoint, as
+    :func:`truncate_log` does for the local log."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:  # pragma: no cover - depends on the extra
             raise ValueError("--tensorboard needs the tensorboard package: pip install 'seqrec[tensorboard]'") from exc
-        self._w = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self._w = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge_step)
 
     def log(self, record: dict) -> None:
         step = record.get("step", 0)
@@ -76,14 +80,14 @@ class Tracker:
     """Fans records out to the local log and the optional sinks (rank 0 only)."""
 
     def __init__(self, run_dir: Path, config: dict, *, wandb: bool = False, tensorboard: bool = False,
-                 enabled: bool = True):
+                 enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.local = JsonlSink(Path(run_dir) / "metrics.jsonl") if enabled else None
         self.extra = []
         if enabled and wandb:
             self.extra.append(WandbSink(run_dir, config))
         if enabled and tensorboard:
-            self.extra.append(TensorboardSink(run_dir))
+            self.extra.append(TensorboardSink(run_dir, None if resume_step is None else resume_step + 1))
 
     def log(self, **record) -> None:
         if not self.enabled:

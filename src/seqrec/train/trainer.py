@@ -332,7 +332,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
         # but each rank's dropout masks must differ, as the rows of one big batch would
         torch.manual_seed(hash((cfg["seed"], rank, st["step"])) % 2**63)
     tracker = Tracker(run_dir, cfg, wandb=cfg.get("wandb", False), tensorboard=cfg.get("tensorboard", False),
-                      enabled=is_main)
+                      enabled=is_main, resume_step=st["step"] if resume else None)
     metric = cfg["metric"]
     eval_kw = dict(device=device, ks=KS, batch_size=cfg["eval_batch_size"], exclude_history=cfg["exclude_history"],
                    autocast=autocast, progress=bool(cfg["progress"]) and is_main)
