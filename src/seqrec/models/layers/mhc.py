@@ -67,9 +67,11 @@ normalised streams) is not renormalised, as there is no final norm in that mode.
 **Precision.** The residual streams are mixed (``H_res x``, ``H_pre x``, ``H_post^T F``) in
 the streams' own dtype with autocast disabled, so -- as with ``x + F`` in the plain model --
 autocast never rounds the residual stream to half precision. The coefficients follow
-autocast (the ``x~ phi`` matmul and the Sinkhorn run in its low precision), unless
-``no_amp`` (``--mhc_no_amp``): then they are computed in float32 with autocast disabled and
-cast back to the streams' dtype.
+autocast: the ``x~ phi`` matmul runs in its low precision, and so do the gates built from it;
+the Sinkhorn does too on CPU, while CUDA autocast lists ``exp`` (and, in recent PyTorch,
+``logsumexp``) among its float32 ops, which lifts the Sinkhorn to float32 there. With
+``no_amp`` (``--mhc_no_amp``) all coefficients are computed in float32 with autocast disabled
+and cast back to the streams' dtype.
 
 Cost per sub-layer and token: ``n D (2n + n^2)`` multiply-adds for the coefficients,
 ``~(n^2 + 2n) D`` for the mixing (one batched ``n x n`` matmul, ``H_res x``, and two
