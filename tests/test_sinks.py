@@ -61,3 +61,15 @@ def test_tensorboard_drops_the_events_a_resume_replays(tmp_path):
     acc.Reload()
     steps = [e.step for e in acc.Scalars("step/loss")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > 8  # every step once, in order
+
+
+def test_wandb_resume_continues_the_same_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = _tiny(tmp_path, wandb=True, num_epochs=1)
+    train(cfg, log=lambda *a: None)
+    run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()
+    train({**cfg, "num_epochs": 2}, log=lambda *a: None, resume=True)
+    sessions = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(sessions) == 2 and all(p.name.endswith("-" + run_id) for p in sessions)

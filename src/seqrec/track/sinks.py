@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 
@@ -33,7 +34,8 @@ class JsonlSink:
 
 
 class WandbSink:
-    """Weights & Biases; offline mode unless ``WANDB_MODE`` says otherwise (no network needed)."""
+    """Weights & Biases; offline mode unless ``WANDB_MODE`` says otherwise (no network needed).
+    The run id is kept in ``run_dir/wandb_id.txt``."""
 
     def __init__(self, run_dir: Path, config: dict, project: str = "seqrec"):
         try:
@@ -41,8 +43,14 @@ class WandbSink:
         except ImportError as exc:  # pragma: no cover - depends on the extra
             raise ValueError("--wandb needs the wandb package: pip install 'seqrec[wandb]'") from exc
         self._wandb = wandb
+        # one W&B run per run folder: a resumed session continues it (same id); W&B ignores the
+        # steps it already holds, which an exact resume replays with the same values anyway
+        id_file = Path(run_dir) / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         self._run = wandb.init(project=project, dir=str(run_dir), config=config, name=Path(run_dir).name,
-                               mode=os.environ.get("WANDB_MODE", "offline"), reinit=True)
+                               mode=os.environ.get("WANDB_MODE", "offline"), reinit=True, id=run_id,
+                               resume="allow")
+        id_file.write_text(run_id + "\n")
 
     def log(self, record: dict) -> None:
         data = {f"{record.get('kind')}/{k}": v for k, v in record.items()
