@@ -64,6 +64,40 @@ def test_eval_batch_and_history():
         assert hitems[hoff[row] : hoff[row + 1]].tolist() == seq.tolist()
 
 
+def test_eval_next_time_modes_change_only_the_last_next_timestamp():
+    import pytest
+
+    from seqrec.api import sequence_batch
+
+    item, ts, offsets, _ = _toy(2)
+    loo = leave_one_out(offsets)
+    users = loo.eval_users
+    pos = loo.test_pos[users - 1]
+    batches = {m: SequenceBatcher(item, ts, offsets, loo.train_end, maxlen=4, next_time=m).eval_batch(users, pos)
+               for m in ("target", "last", "median")}
+    for m in ("last", "median"):  # everything but the last column's "next" time is the same
+        for k, v in batches["target"].items():
+            if k == "next_timestamps":
+                assert torch.equal(v[:, :-1], batches[m][k][:, :-1])
+            else:
+                assert torch.equal(v, batches[m][k])
+    for row, u in enumerate(users):
+        s, t = offsets[u], pos[row]
+        assert batches["target"]["next_timestamps"][row, -1] == ts[t]
+        assert batches["last"]["next_timestamps"][row, -1] == ts[t - 1]
+        gaps = np.diff(ts[s:t])
+        median = np.median(gaps) if len(gaps) else 0.0
+        assert batches["median"]["next_timestamps"][row, -1] == ts[t - 1] + int(np.round(median))
+    # "median" is what the recommendation API assumes for the same histories
+    api = sequence_batch(item, ts, offsets[users], pos, maxlen=4, users=users, with_time=True)
+    assert torch.equal(api["next_timestamps"][:, -1], batches["median"]["next_timestamps"][:, -1])
+    # training batches are untouched by the option
+    tr = [SequenceBatcher(item, ts, offsets, loo.train_end, 4, next_time=m).train_batch(users) for m in ("target", "last")]
+    assert all(torch.equal(tr[0][k], tr[1][k]) for k in tr[0])
+    with pytest.raises(ValueError, match="next_time must be one of target, last, median"):
+        SequenceBatcher(item, ts, offsets, loo.train_end, 4, next_time="future")
+
+
 def test_user_time_scale_uses_train_part_only():
     offsets = np.array([0, 0, 4, 7])
     ts = np.array([0, 10, 10, 13, 5, 5, 5], dtype=np.int64)

@@ -116,3 +116,24 @@ def test_compare_paired_refuses_runs_on_different_users(run_dir, capsys, tmp_pat
     capsys.readouterr()
     assert main(["compare", str(root / "r"), str(tmp_path / "o"), "--paired"]) == 2
     assert "not evaluated on the same test users" in capsys.readouterr().err
+
+
+def test_eval_next_time_reaches_training_and_evaluate(run_dir, capsys, tmp_path):
+    # An SS4Rec run validated and tested without the held-out item's time (gap 0 at the last
+    # position) reports what `seqrec evaluate --next_time last` finds; 'target' differs.
+    import json
+
+    root, args = run_dir
+    ss4 = [a if a != "sasrec" else "ss4rec" for a in args] + ["--s5_state", "8", "--d_state", "8",
+                                                              "--eval_next_time", "last"]
+    assert main(["train", *ss4, "--train_dir", str(tmp_path / "s")]) == 0
+    saved = json.loads((tmp_path / "s" / "test_metrics.json").read_text())["test_full"]
+    capsys.readouterr()
+    found = {}
+    for mode in ("last", "target"):
+        assert main(["evaluate", str(tmp_path / "s"), "--next_time", mode, "--negatives", "0", "--device", "cpu"]) == 0
+        payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert payload["next_time"] == mode
+        found[mode] = payload["full"]
+    assert found["last"]["ndcg@10"] == pytest.approx(saved["ndcg@10"])
+    assert found["target"]["ndcg@10"] != pytest.approx(saved["ndcg@10"], abs=1e-9)

@@ -46,7 +46,7 @@ import polars as pl
 import torch
 
 from .data.store import SeqDataset
-from .train.batches import window_positions
+from .train.batches import gap_stats, window_positions
 from .train.runs import load_run
 
 DAY = 86_400
@@ -129,39 +129,6 @@ class _IdMap:
         return UnknownIdError(f"{what} not in dataset {self.dataset} ({self.describe()})")
 
 
-def _gap_stats(timestamp: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row ``r`` (the flat slice ``start[r]:end[r]``): the smallest non-zero gap between
-    consecutive timestamps (1 when there is none) and the median gap (0 with < 2 items).
-
-    Vectorised over rows: the gaps of all rows are sorted by (row, gap) once.
-    """
-    start = np.asarray(start, dtype=np.int64)
-    end = np.asarray(end, dtype=np.int64)
-    n_gaps = np.maximum(end - start - 1, 0)
-    total = int(n_gaps.sum())
-    min_gap = np.ones(len(start), dtype=np.int64)
-    median = np.zeros(len(start), dtype=np.float64)
-    if total == 0:
-        return min_gap, median
-    goff = np.zeros(len(start) + 1, dtype=np.int64)
-    np.cumsum(n_gaps, out=goff[1:])
-    row = np.repeat(np.arange(len(start)), n_gaps)
-    first = np.repeat(start, n_gaps) + (np.arange(total) - goff[row])  # gap j is t[first+1] - t[first]
-    ts = np.asarray(timestamp, dtype=np.int64)
-    gaps = ts[first + 1] - ts[first]
-    order = np.lexsort((gaps, row))
-    sorted_gaps = gaps[order]
-    has = n_gaps > 0
-    lo = goff[:-1] + (n_gaps - 1) // 2
-    hi = goff[:-1] + n_gaps // 2
-    median[has] = (sorted_gaps[lo[has]] + sorted_gaps[hi[has]]) / 2.0
-    pos = np.where(gaps > 0, gaps, np.iinfo(np.int64).max)
-    smallest = np.full(len(start), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(smallest, row, pos)
-    min_gap = np.where(smallest == np.iinfo(np.int64).max, 1, smallest)
-    return min_gap, median
-
-
 def sequence_batch(item: np.ndarray, timestamp: np.ndarray, start: np.ndarray, end: np.ndarray, maxlen: int,
                    users: np.ndarray, with_time: bool) -> dict[str, torch.Tensor]:
     """The model input for predicting the item after each slice ``start[r]:end[r]`` of the
@@ -178,7 +145,7 @@ def sequence_batch(item: np.ndarray, timestamp: np.ndarray, start: np.ndarray, e
         ts_all = np.asarray(timestamp, dtype=np.int64)
         ts = np.where(valid, ts_all[pos], 0)
         nxt = np.where(valid, ts_all[np.minimum(pos + 1, len(ts_all) - 1)], 0)
-        min_gap, median_gap = _gap_stats(ts_all, start, end)
+        min_gap, median_gap = gap_stats(ts_all, start, end)
         # the last column is always a real item (windows are right-aligned): its successor is
         # the recommended item, expected one median gap after the last interaction
         nxt[:, -1] = ts[:, -1] + np.round(median_gap).astype(np.int64)

@@ -149,6 +149,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--negatives", type=int, default=100, help="sampled protocol negatives (0 skips it)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--next_time", choices=["target", "last", "median"],
+                   help="time-aware models: the held-out item's time given to the model (default: the run's "
+                        "--eval_next_time; 'target' is its real timestamp)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -156,7 +159,7 @@ def cmd_evaluate(args) -> int:
     from .train.runs import evaluate_run
 
     evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split, n_negatives=args.negatives,
-                 device=args.device)
+                 device=args.device, next_time=args.next_time)
     return 0
 
 

@@ -56,15 +56,61 @@ def user_time_scale(offsets: np.ndarray, timestamp: np.ndarray, train_end: np.nd
     return scale.astype(np.int64)
 
 
+def gap_stats(timestamp: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row ``r`` (the flat slice ``start[r]:end[r]``): the smallest non-zero gap between
+    consecutive timestamps (1 when there is none) and the median gap (0 with < 2 items).
+
+    Vectorised over rows: the gaps of all rows are sorted by (row, gap) once.
+    """
+    start = np.asarray(start, dtype=np.int64)
+    end = np.asarray(end, dtype=np.int64)
+    n_gaps = np.maximum(end - start - 1, 0)
+    total = int(n_gaps.sum())
+    min_gap = np.ones(len(start), dtype=np.int64)
+    median = np.zeros(len(start), dtype=np.float64)
+    if total == 0:
+        return min_gap, median
+    goff = np.zeros(len(start) + 1, dtype=np.int64)
+    np.cumsum(n_gaps, out=goff[1:])
+    row = np.repeat(np.arange(len(start)), n_gaps)
+    first = np.repeat(start, n_gaps) + (np.arange(total) - goff[row])  # gap j is t[first+1] - t[first]
+    ts = np.asarray(timestamp, dtype=np.int64)
+    gaps = ts[first + 1] - ts[first]
+    order = np.lexsort((gaps, row))
+    sorted_gaps = gaps[order]
+    has = n_gaps > 0
+    lo = goff[:-1] + (n_gaps - 1) // 2
+    hi = goff[:-1] + n_gaps // 2
+    median[has] = (sorted_gaps[lo[has]] + sorted_gaps[hi[has]]) / 2.0
+    pos = np.where(gaps > 0, gaps, np.iinfo(np.int64).max)
+    smallest = np.full(len(start), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, row, pos)
+    min_gap = np.where(smallest == np.iinfo(np.int64).max, 1, smallest)
+    return min_gap, median
+
+
+#: What an evaluation batch gives as the time following its last position (the held-out item's).
+NEXT_TIMES = ("target", "last", "median")
+
+
 class SequenceBatcher:
     """Builds batches for training and evaluation from one dataset and one split.
 
     ``start[u-1]``: first flat row of user u; ``train_end[u-1]``: end (exclusive) of its
     training part. Timestamps are only materialised when ``with_time`` is True.
+
+    ``next_time`` sets an evaluation batch's ``next_timestamps`` at the last position, i.e.
+    when the item to be ranked happens: ``"target"``, its real timestamp (the official SS4Rec
+    protocol; a model that reads it knows *when* the next interaction comes); ``"last"``, the
+    last history item's (a gap of 0); ``"median"``, that plus the user's median gap in the
+    history (what ``seqrec recommend`` assumes, as a live system cannot know the time).
     """
 
     def __init__(self, item: np.ndarray, timestamp: np.ndarray, offsets: np.ndarray, train_end: np.ndarray,
-                 maxlen: int, with_time: bool = True):
+                 maxlen: int, with_time: bool = True, next_time: str = "target"):
+        if next_time not in NEXT_TIMES:
+            raise ValueError(f"next_time must be one of {', '.join(NEXT_TIMES)}, got {next_time!r}")
+        self.next_time = next_time
         self.item = np.asarray(item, dtype=np.int64)
         self.timestamp = np.asarray(timestamp, dtype=np.int64)
         self.offsets = np.asarray(offsets, dtype=np.int64)
@@ -142,6 +188,12 @@ class SequenceBatcher:
             if target_pos is not None:
                 nxt_pos = np.minimum(nxt_pos, target_pos[:, None])
             nxt = np.where(valid, self.timestamp[np.minimum(nxt_pos, len(self.timestamp) - 1)], 0)
+            if target_pos is not None and self.next_time != "target":
+                # windows are right-aligned: the last column is the item just before the target
+                nxt[:, -1] = ts[:, -1]
+                if self.next_time == "median":
+                    _, median = gap_stats(self.timestamp, self.start[np.asarray(users) - 1], target_pos)
+                    nxt[:, -1] += np.round(median).astype(np.int64)
             batch["timestamps"] = torch.from_numpy(ts)
             batch["next_timestamps"] = torch.from_numpy(nxt)
             batch["time_scale"] = torch.from_numpy(self.time_scale[np.asarray(users)])

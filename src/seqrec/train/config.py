@@ -80,6 +80,9 @@ ARGUMENTS: list[Arg] = [
     Arg("split", "loo", "evaluation split: loo (leave-one-out) or temporal (the seeds' global past/future split)", str,
         ("loo", "temporal")),
     Arg("split_fraction", 0.8, "temporal split: fraction of interactions (by time) in the training past"),
+    Arg("eval_next_time", "target", "time-aware models, evaluation: the held-out item's time given to the model -- "
+        "target (its real timestamp, the official SS4Rec protocol), last (the last history item's: gap 0) or "
+        "median (last + the user's median gap, as `seqrec recommend`)", str, ("target", "last", "median")),
     Arg("metric", "ndcg@10", "validation metric for model selection and early stopping (K in 5, 10, 20)", str),
     Arg("exclude_history", True, "exclude the user's past items from full-ranking evaluation", None),
     Arg("eval_negatives", 100, "sampled protocol: negatives per user at test time (0 skips it)"),

@@ -28,7 +28,10 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto",
+             next_time: str | None = None) -> LoadedRun:
+    """A run folder's dataset, model (``checkpoint``) and batcher. ``next_time``: the evaluation
+    batches' time of the held-out item (see :class:`SequenceBatcher`); default the run's own."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
@@ -45,12 +48,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
     model.load_state_dict(state["model"])
     model.eval()
     batcher = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, split.train_end, cfg["maxlen"],
-                              with_time=get_model_class(cfg["model"]).uses_time)
+                              with_time=get_model_class(cfg["model"]).uses_time,
+                              next_time=next_time or cfg.get("eval_next_time", "target"))
     return LoadedRun(cfg, ds, model, batcher, dev)
 
 
-def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives=100, device="auto", log=print) -> dict:
-    run = load_run(run_dir, checkpoint, device)
+def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives=100, device="auto", log=print,
+                 next_time: str | None = None) -> dict:
+    run = load_run(run_dir, checkpoint, device, next_time)
     sp = run.dataset.eval_split(run.cfg.get("split", "loo"), run.cfg.get("split_fraction", 0.8))
     users, pos = (sp.test_users, sp.test_pos) if split == "test" else (sp.valid_users, sp.valid_pos)
     kw = dict(device=run.device, ks=KS, batch_size=run.cfg.get("eval_batch_size", 1024),
@@ -61,7 +66,7 @@ def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives=100, d
                                   seed=run.cfg.get("seed", 0), **kw)
     for proto, m in out.items():
         log(f"{split} {proto:8s} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if "@" in k))
-    log(json.dumps({"run": str(run_dir), "split": split, **out}, default=float))
+    log(json.dumps({"run": str(run_dir), "split": split, "next_time": run.batcher.next_time, **out}, default=float))
     return out
 
 

@@ -263,7 +263,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
     split = ds.eval_split(cfg["split"], cfg["split_fraction"])
     model = build_model(cfg["model"], n_items=ds.n_items, **cfg).to(device)
     batcher = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, split.train_end, cfg["maxlen"],
-                              with_time=model_cls.uses_time)
+                              with_time=model_cls.uses_time, next_time=cfg["eval_next_time"])
     train_users = batcher.train_users()
     valid_users, valid_pos, test_users, test_pos = split.valid_users, split.valid_pos, split.test_users, split.test_pos
     if cfg.get("debug_users"):
