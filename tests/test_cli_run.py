@@ -89,8 +89,12 @@ def test_compare_paired_on_the_same_users(run_dir, capsys, tmp_path):
         assert payload["metrics"]["ndcg@5"][side] == pytest.approx(saved["ndcg@5"])
     hr = payload["metrics"]["hr@10"]
     assert hr["diff"] == pytest.approx(hr["mean_b"] - hr["mean_a"]) and hr["ci_low"] <= hr["diff"] <= hr["ci_high"]
-    assert main(["compare", str(root / "r"), str(root / "r"), "--paired"]) == 0
+    assert main(["compare", str(root / "r"), str(root / "r"), "--paired", "--csv", str(tmp_path / "p.csv"),
+                 "--markdown", str(tmp_path / "p.md")]) == 0
     same = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]["ndcg@10"]
+    csv_lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("run_a,run_b,split,metric,mean_a,mean_b,diff,se,") and len(csv_lines) == 3
+    assert "| ndcg@10 |" in (tmp_path / "p.md").read_text()
     assert same["diff"] == 0 and same["p"] == 1.0
     assert main(["compare", str(root / "r"), "--paired"]) == 2
     assert "exactly two runs" in capsys.readouterr().err

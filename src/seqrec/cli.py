@@ -200,11 +200,15 @@ def cmd_compare_paired(args) -> int:
     table = "\n".join(lines)
     print(table)
     print(json.dumps(out))
-    if args.markdown:
-        from .utils.io import atomic_path
+    from .track.compare import to_csv
+    from .utils.io import atomic_path
 
-        with atomic_path(args.markdown) as tmp:
-            tmp.write_text(table + "\n")
+    rows = [{"run_a": out["run_a"], "run_b": out["run_b"], "split": args.split, "metric": m, **r}
+            for m, r in out["metrics"].items()]
+    for path, text in ((args.markdown, table + "\n"), (args.csv, to_csv(rows))):
+        if path:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
     return 0
 
 
