@@ -149,7 +149,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--negatives", type=int, default=100, help="sampled protocol negatives (0 skips it)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--next_time", choices=["target", "last", "median"],
+    from .train.config import NEXT_TIMES
+
+    p.add_argument("--next_time", choices=NEXT_TIMES,
                    help="time-aware models: the held-out item's time given to the model (default: the run's "
                         "--eval_next_time; 'target' is its real timestamp)")
     p.set_defaults(func=cmd_evaluate)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .config import NEXT_TIMES
+
 
 def window_positions(start: np.ndarray, end: np.ndarray, maxlen: int, trim: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Flat positions [B, L] of the window ending before ``end`` and its validity mask.
@@ -87,10 +89,6 @@ def gap_stats(timestamp: np.ndarray, start: np.ndarray, end: np.ndarray) -> tupl
     np.minimum.at(smallest, row, pos)
     min_gap = np.where(smallest == np.iinfo(np.int64).max, 1, smallest)
     return min_gap, median
-
-
-#: What an evaluation batch gives as the time following its last position (the held-out item's).
-NEXT_TIMES = ("target", "last", "median")
 
 
 class SequenceBatcher:

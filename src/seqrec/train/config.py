@@ -18,6 +18,8 @@ import yaml
 
 #: Cut-offs every evaluation reports (and that --metric may use).
 KS = (5, 10, 20)
+#: What an evaluation batch gives as the time following its last position (the held-out item's).
+NEXT_TIMES = ("target", "last", "median")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ ARGUMENTS: list[Arg] = [
     Arg("split_fraction", 0.8, "temporal split: fraction of interactions (by time) in the training past"),
     Arg("eval_next_time", "target", "time-aware models, evaluation: the held-out item's time given to the model -- "
         "target (its real timestamp, the official SS4Rec protocol), last (the last history item's: gap 0) or "
-        "median (last + the user's median gap, as `seqrec recommend`)", str, ("target", "last", "median")),
+        "median (last + the user's median gap, as `seqrec recommend`)", str, NEXT_TIMES),
     Arg("metric", "ndcg@10", "validation metric for model selection and early stopping (K in 5, 10, 20)", str),
     Arg("exclude_history", True, "exclude the user's past items from full-ranking evaluation", None),
     Arg("eval_negatives", 100, "sampled protocol: negatives per user at test time (0 skips it)"),
@@ -275,12 +277,16 @@ def validate_config(cfg: dict) -> None:
     factor = cfg.get("lr_plateau_factor", 0.1)
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
         raise ValueError(f"--lr_plateau_factor must be in (0, 1), got {factor!r}")
-    metric = str(cfg["metric"])
+    check_metric(str(cfg["metric"]))
+
+
+def check_metric(metric: str, flag: str = "--metric") -> None:
+    """``metric`` names one of the values every evaluation reports (e.g. ``ndcg@10``)."""
     name, _, k = metric.partition("@")
     if name not in ("hr", "ndcg", "mrr", "recall") or not k.isdigit():
-        raise ValueError(f"--metric must look like ndcg@10, hr@10, mrr@10 or recall@10, got {metric!r}")
+        raise ValueError(f"{flag} must look like ndcg@10, hr@10, mrr@10 or recall@10, got {metric!r}")
     if int(k) not in KS:
-        raise ValueError(f"--metric: evaluations report K in {', '.join(map(str, KS))}, got {metric!r}")
+        raise ValueError(f"{flag}: evaluations report K in {', '.join(map(str, KS))}, got {metric!r}")
 
 
 def save_config(cfg: dict, path: str | Path) -> None:

@@ -15,8 +15,9 @@ from ..data.store import SeqDataset
 from ..eval import paired_difference, per_user_metrics
 from ..models import build_model, get_model_class
 from .batches import SequenceBatcher
+from .config import KS, check_metric
 from .evaluation import evaluate
-from .trainer import KS, pick_device
+from .trainer import pick_device
 
 
 @dataclass
@@ -56,8 +57,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
 def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives=100, device="auto", log=print,
                  next_time: str | None = None) -> dict:
     run = load_run(run_dir, checkpoint, device, next_time)
-    sp = run.dataset.eval_split(run.cfg.get("split", "loo"), run.cfg.get("split_fraction", 0.8))
-    users, pos = (sp.test_users, sp.test_pos) if split == "test" else (sp.valid_users, sp.valid_pos)
+    users, pos = _eval_rows(run, split)
     kw = dict(device=run.device, ks=KS, batch_size=run.cfg.get("eval_batch_size", 1024),
               exclude_history=run.cfg.get("exclude_history", True))
     out = {"full": evaluate(run.model, run.batcher, users, pos, protocol="full", **kw)}
@@ -84,9 +84,7 @@ def paired_compare(run_a, run_b, split: str = "test", metrics=("hr@10", "ndcg@10
     (:func:`seqrec.eval.paired_difference`). The two runs must share dataset and split."""
     metric_names = list(metrics)
     for m in metric_names:
-        name, _, k = m.partition("@")
-        if name not in ("hr", "ndcg", "mrr", "recall") or not k.isdigit() or int(k) not in KS:
-            raise ValueError(f"metric {m!r}: use hr, ndcg, mrr or recall at K in {', '.join(map(str, KS))}")
+        check_metric(m, "--metrics")
     runs = [load_run(r, checkpoint, device) for r in (run_a, run_b)]
     (ua, pa), (ub, pb) = (_eval_rows(r, split) for r in runs)
     sums = [r.dataset.manifest.get("checksums") for r in runs]
