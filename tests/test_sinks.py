@@ -64,12 +64,18 @@ def test_tensorboard_drops_the_events_a_resume_replays(tmp_path):
 
 
 def test_wandb_resume_continues_the_same_run(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    # Our contract: every session of one run folder opens W&B with the folder's run id and
+    # resume="allow". (How W&B names its offline folders is W&B's business: a full-suite CI run
+    # once showed a second folder not named after the id, so the calls themselves are checked.)
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    calls = []
+    real_init = wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kw: calls.append(kw) or real_init(**kw))
     cfg = _tiny(tmp_path, wandb=True, num_epochs=1)
     train(cfg, log=lambda *a: None)
     run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()
     train({**cfg, "num_epochs": 2}, log=lambda *a: None, resume=True)
-    sessions = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(sessions) == 2 and all(p.name.endswith("-" + run_id) for p in sessions)
+    assert [(c["id"], c["resume"]) for c in calls] == [(run_id, "allow"), (run_id, "allow")]
+    assert (tmp_path / "run" / "wandb_id.txt").read_text().strip() == run_id
