@@ -30,6 +30,11 @@ def _add_prepare(sub) -> None:
     p.add_argument("--iterative", action=argparse.BooleanOptionalAction, default=None,
                    help="iterate the k-core filter until stable (default: the recipe's, single pass for SASRec)")
     p.add_argument("--min_rating", type=float, help="drop interactions rated below this")
+    p.add_argument("--dedup", choices=("first", "last"),
+                   help="keep one interaction per user and item: its first or last (default: keep repeats)")
+    p.add_argument("--time_unit_in", choices=("s", "ms", "us"),
+                   help="unit of the source's timestamps, converted to seconds (default: seconds; values that "
+                        "can only be milliseconds are refused with this hint)")
     # synthetic: unset values take the generator's defaults, the ones `train --dataset synthetic` uses
     p.add_argument("--users", type=int, help="synthetic: number of users (default: 1000)")
     p.add_argument("--items", type=int, help="synthetic: number of items (default: 500)")
@@ -44,10 +49,11 @@ def cmd_prepare(args) -> int:
     recipe = with_recipe_overrides(
         spec.recipe if spec else Recipe(),
         min_user=args.min_user, min_item=args.min_item, iterative=args.iterative, min_rating=args.min_rating,
+        dedup=args.dedup,
     )
     syn = {k: v for k, v in (("n_users", args.users), ("n_items", args.items), ("seed", args.seed)) if v is not None}
     ds = prepare_dataset(args.name, raw=args.raw, out=args.out, fmt=args.fmt, recipe=recipe, url=args.url,
-                         synthetic_kwargs=syn)
+                         synthetic_kwargs=syn, time_unit_in=args.time_unit_in)
     print(ds.summary())
     print(f"{ds.stats['users']} users / {ds.stats['items']} items / {ds.stats['interactions']} interactions")
     return 0
@@ -111,6 +117,8 @@ def _add_train(sub) -> None:
     add_train_arguments(p)
     p.add_argument("--resume", metavar="DIR", help="continue a stopped or killed run from DIR/last.pt with its saved "
                    "config (only --num_threads, --progress and --device may be changed)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --train_dir (deleted once "
+                   "the new run's config is written; without it such a folder is refused)")
     p.set_defaults(func=cmd_train)
 
 
@@ -121,7 +129,7 @@ def cmd_train(args) -> int:
     from .train.config import load_yaml, resolve_config
     from .train.trainer import TrainingStopped, train
 
-    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume")}
+    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "overwrite")}
     log = functools.partial(print, flush=True)
     if args.resume:
         run = Path(args.resume)
@@ -135,7 +143,7 @@ def cmd_train(args) -> int:
     else:
         cfg = resolve_config(cli)
     try:
-        train(cfg, log=log, resume=bool(args.resume))
+        train(cfg, log=log, resume=bool(args.resume), overwrite=args.overwrite)
     except TrainingStopped as exc:
         print(f"seqrec train: {exc}", file=sys.stderr)
         return 3
@@ -344,14 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from .data.download import DownloadError
-
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, DownloadError) as exc:
-        # Expected user errors: one clear line, no traceback.
-        print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -359,3 +361,36 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into `head` & co. that stopped reading: not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # every user-facing error: one line, no traceback (SEQREC_DEBUG=1 shows it)
+        if os.environ.get("SEQREC_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"seqrec {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for any exception: our messages as they are, the system's with the file named."""
+    import errno as _errno
+
+    from .utils.io import SeqrecIOError
+
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, OSError) and not isinstance(exc, SeqrecIOError) and exc.errno is not None:
+        where = exc.filename or ""
+        if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
+            text = f"no space left on device at {where or 'the output folder'}"
+        else:
+            text = f"{where}: {exc.strerror or exc}" if where else f"{exc.strerror or exc}"
+    elif isinstance(exc, SeqrecIOError):
+        text = exc.strerror or str(exc)
+    else:
+        text = str(exc) or type(exc).__name__
+        ours = type(exc).__module__.startswith("seqrec")
+        if not (ours or isinstance(exc, (ValueError, FileNotFoundError, LookupError))):
+            text = f"{type(exc).__name__}: {text}"
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if len(lines) > 1:
+        text += " ... (SEQREC_DEBUG=1 shows the rest)"
+    return text

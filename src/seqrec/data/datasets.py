@@ -9,17 +9,18 @@ Any RecBole ``.inter`` (or other supported file) prepares under a name of your c
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
 
-from ..utils.io import file_md5
+from ..utils.io import FolderInUseError, check_replaceable, file_md5, folder_lock, recover_dir
 from .download import seqrec_home
 from .interactions import Interactions
 from .prepare import Recipe, prepare
-from .store import SeqDataset, load_dataset, save_dataset
+from .store import MANIFEST, SeqDataset, load_dataset, save_dataset
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,45 @@ SPECS: dict[str, DatasetSpec] = {
 AMAZON_PREFIX = {"beauty": "Beauty", "sports": "Sports"}
 
 
+#: A dataset name: letters, digits, ``-``, ``_`` and ``.``, not starting with ``.`` or ``-``
+#: (so never a path, ``.`` or ``..``). A prepared folder elsewhere is given by its path.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if it is a plain dataset name, else a ValueError saying what is allowed."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > 128:
+        raise ValueError(
+            f"{name!r} is not a dataset name: use letters, digits, '-', '_' and '.' (not first), e.g. ml-1m or "
+            "my_shop; to write a prepared dataset elsewhere pass --out FOLDER, and to use one give its folder path")
+    return name
+
+
+def datasets_root() -> Path:
+    return seqrec_home() / "datasets"
+
+
 def default_dataset_dir(name: str) -> Path:
-    return seqrec_home() / "datasets" / name
+    """``$SEQREC_HOME/datasets/NAME``, for a plain ``name`` only (checked to stay inside)."""
+    root = datasets_root()
+    folder = root / check_dataset_name(name)
+    if folder.parent.resolve() != root.resolve():  # cannot happen for a plain name; kept as the invariant
+        raise ValueError(f"dataset {name!r} would resolve outside {root}")
+    return folder
+
+
+def _recover(folder: Path, log=print) -> None:
+    """Repair a dataset folder a killed prepare left half-swapped (when no one is preparing it)."""
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists() and not old.exists():
+        return
+    try:
+        with folder_lock(folder, f"dataset folder {folder}"):
+            for line in recover_dir(folder):
+                if log:
+                    log(line)
+    except FolderInUseError:
+        pass  # someone is preparing it right now; they repair it
 
 
 def _read_raw(name: str, spec: DatasetSpec | None, raw: str | Path | None, fmt: str | None, url: str | None,
@@ -126,19 +164,33 @@ def prepare_dataset(
     recipe: Recipe | None = None,
     url: str | None = None,
     synthetic_kwargs: dict | None = None,
+    time_unit_in: str | None = None,
     log=print,
 ) -> SeqDataset:
-    """Read, filter, remap and store dataset ``name``; return the loaded folder."""
+    """Read, filter, remap and store dataset ``name``; return the loaded folder.
+
+    ``out``: the folder to write (default ``$SEQREC_HOME/datasets/NAME``); an existing folder is
+    replaced only if it is a prepared dataset. ``time_unit_in``: the unit of the source's
+    timestamps (``s``, ``ms``, ``us``); by default seconds, and values that can only be
+    milliseconds or finer are refused before anything is written."""
+    check_dataset_name(name)
     spec = SPECS.get(name)
     recipe = recipe if recipe is not None else (spec.recipe if spec else Recipe())
-    t0 = time.perf_counter()
-    inter, source, titles = _read_raw(name, spec, raw, fmt, url, synthetic_kwargs)
-    t_read = time.perf_counter() - t0
-    prepared = prepare(inter, recipe)
-    t_prep = time.perf_counter() - t0 - t_read
-    source = {**source, "raw_rows": len(inter), "raw_users": inter.n_users, "raw_items": inter.n_items}
     folder = Path(out) if out is not None else default_dataset_dir(name)
-    ds = save_dataset(folder, prepared, name=name, source=source, item_titles=titles)
+    check_replaceable(folder, MANIFEST, f"dataset {name!r}")  # before any reading or download
+    with folder_lock(folder, f"dataset folder {folder}"):
+        for line in recover_dir(folder):
+            if log:
+                log(line)
+        t0 = time.perf_counter()
+        inter, source, titles = _read_raw(name, spec, raw, fmt, url, synthetic_kwargs)
+        inter, time_note = check_timestamps(inter, time_unit_in, log=log)
+        t_read = time.perf_counter() - t0
+        prepared = prepare(inter, recipe)
+        t_prep = time.perf_counter() - t0 - t_read
+        source = {**source, "raw_rows": len(inter), "raw_users": inter.n_users, "raw_items": inter.n_items,
+                  **time_note}
+        ds = save_dataset(folder, prepared, name=name, source=source, item_titles=titles)
     if log:
         log(f"read {len(inter):,} rows in {t_read:.1f}s, prepared in {t_prep:.1f}s, "
             f"saved in {time.perf_counter() - t0 - t_read - t_prep:.1f}s")
@@ -149,14 +201,60 @@ def prepare_dataset(
     return ds
 
 
+#: Seconds per unit of a source's timestamps (``--time_unit_in``).
+TIME_UNITS_IN = {"s": 1, "ms": 1_000, "us": 1_000_000}
+#: Seconds timestamps stay below this (the year 5138); larger values are milliseconds or finer.
+MAX_SECONDS = 100_000_000_000
+
+
+def check_timestamps(inter: Interactions, unit: str | None = None, log=print) -> tuple[Interactions, dict]:
+    """Timestamps in seconds, checked before anything is written.
+
+    ``unit`` ``ms``/``us`` converts (floor division) and says so; ``None`` refuses values that
+    cannot be seconds, naming the file and the fix. Negative timestamps and exact duplicate rows
+    (same user, item and timestamp) are counted and reported as warnings."""
+    where = inter.source or "input"
+    if unit is not None and unit not in TIME_UNITS_IN:
+        raise ValueError(f"--time_unit_in must be one of {', '.join(TIME_UNITS_IN)}, got {unit!r}")
+    ts = inter.frame["timestamp"]
+    note: dict = {}
+    if len(ts) and ts.null_count() == 0:
+        biggest = int(ts.abs().max())
+        if unit is None and biggest >= MAX_SECONDS:
+            guess = "milliseconds" if biggest < MAX_SECONDS * 1000 else "microseconds"
+            flag = "ms" if guess == "milliseconds" else "us"
+            raise ValueError(
+                f"{where}: timestamps look like {guess}, not seconds (the largest, {biggest}, would be the year "
+                f"{1970 + biggest // 31_556_952:,}); nothing was written. Pass --time_unit_in {flag} to convert "
+                f"them to seconds")
+        factor = TIME_UNITS_IN.get(unit or "s", 1)
+        if factor != 1:
+            inter = Interactions(inter.frame.with_columns(pl.col("timestamp") // factor), inter.source)
+            note = {"time_unit_in": unit}
+            if log:
+                log(f"{where}: timestamps converted from {unit} to seconds (--time_unit_in {unit})")
+        negative = int((inter.frame["timestamp"] < 0).sum())
+        if negative and log:
+            log(f"warning: {where}: {negative:,} rows have negative timestamps (before 1970); they are kept as given")
+    dups = len(inter) - inter.frame.select("user", "item", "timestamp").n_unique()
+    if dups and log:
+        log(f"warning: {where}: {dups:,} rows repeat another row's user, item and timestamp; they are kept "
+            "(--dedup first|last keeps one interaction per user and item)")
+    return inter, note
+
+
 def resolve_dataset(name_or_path: str | Path, *, prepare_if_missing: bool = True, log=print) -> SeqDataset:
     """A dataset folder path, a name prepared earlier, or a downloadable name (prepared now)."""
     p = Path(name_or_path)
-    if (p / "manifest.json").exists():
+    if (p / MANIFEST).exists():
         return load_dataset(p)
     name = str(name_or_path)
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"{name!r} is neither a prepared dataset folder (no {MANIFEST} in it) nor a dataset name; "
+                         "run `seqrec prepare` first, or check the path")
     folder = default_dataset_dir(name)
-    if (folder / "manifest.json").exists():
+    _recover(folder, log)
+    if (folder / MANIFEST).exists():
         return load_dataset(folder)
     spec = SPECS.get(name)
     if spec is None:

@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from seqrec.data.interactions import Interactions
-from seqrec.utils.io import atomic_dir, file_md5
+from seqrec.utils.io import atomic_dir, file_md5, folder_lock, recover_dir, temp_leftovers
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 MARKER = ".seqrec-fetch.json"
@@ -157,9 +157,22 @@ def fetch(
     """
     src = source(name)
     cache_root = Path(home) if home is not None else seqrec_home() / "raw"
-    if raw is not None:
-        return _from_raw(src, Path(raw), cache_root, md5)
     target = cache_root / name
+    if raw is not None and not (Path(raw).is_file() and zipfile.is_zipfile(raw)):
+        return _from_raw(src, Path(raw), cache_root, md5)  # reads in place, writes nothing
+    # one process at a time fetches into the cache; it first clears what killed ones left
+    with folder_lock(target, f"the download cache of {name} ({target})"):
+        recover_dir(target)
+        for part in temp_leftovers(target, ".zip.part"):
+            part.unlink(missing_ok=True)
+        if raw is not None:
+            return _from_raw(src, Path(raw), cache_root, md5)
+        return _fetch_url(src, target, cache_root, url, md5, progress)
+
+
+def _fetch_url(src: Source, target: Path, cache_root: Path, url: str | None, md5: str | None,
+               progress: bool) -> Path:
+    name = src.name
     if target.is_dir() and _holds_ratings(src, target):
         return target
     url = url or src.url
@@ -261,7 +274,7 @@ def _companion_md5(url: str) -> str | None:
 
 def _download(src: Source, url: str, folder: Path, progress: bool, expected: str | None) -> Path:
     """Stream ``url`` into a temporary file in ``folder``; verify; return its path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".zip.part", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".zip.part", dir=folder)  # see temp_leftovers
     part = Path(tmp)
     digest = hashlib.md5()
     try:
@@ -337,7 +350,7 @@ def _extract(src: Source, zip_path: Path, target: Path, *, url: str, md5: str) -
         archive = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as exc:
         raise DownloadError(f"{url}: not a valid zip archive ({exc})") from exc
-    with archive, atomic_dir(target) as tmp:
+    with archive, atomic_dir(target, MARKER) as tmp:
         _safe_members(archive, url)
         archive.extractall(tmp)
         entries = [p for p in tmp.iterdir() if p.name != "__MACOSX"]

@@ -65,7 +65,7 @@ def save_dataset(
         titles = titles.unique(subset="raw", keep="first")
         item_map = item_map.join(titles, on="raw", how="left", maintain_order="left")
     stats = statistics(user, item, ts, prepared.n_users, prepared.n_items)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, MANIFEST) as tmp:
         arrays = {"item": item, "timestamp": ts, "rating": rating, "offsets": offsets}
         for key, arr in arrays.items():
             np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr))
@@ -178,10 +178,15 @@ class SeqDataset:
             f"min {s['seq_len_min']}, max {s['seq_len_max']}",
         ]
         if "time_min" in s:
-            t0 = _dt.datetime.fromtimestamp(s["time_min"], _dt.timezone.utc).date()
-            t1 = _dt.datetime.fromtimestamp(s["time_max"], _dt.timezone.utc).date()
-            lines.append(f"time span   {t0} .. {t1}")
+            lines.append(f"time span   {_date(s['time_min'])} .. {_date(s['time_max'])}")
         return "\n".join(lines)
+
+
+def _date(seconds: int) -> str:
+    try:
+        return str(_dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).date())
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds} s (outside the calendar: are these seconds?)"
 
 
 def load_dataset(folder: str | Path, mmap: bool = True) -> SeqDataset:

@@ -14,6 +14,7 @@ from ..data.datasets import resolve_dataset
 from ..data.store import SeqDataset
 from ..eval import paired_difference, per_user_metrics
 from ..models import build_model, get_model_class
+from ..utils.checkpoint import load_checkpoint_file
 from .batches import SequenceBatcher
 from .config import KS, check_metric
 from .evaluation import evaluate
@@ -41,11 +42,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
     ckpt_path = run_dir / checkpoint
     if not ckpt_path.exists():
         raise FileNotFoundError(f"{ckpt_path} not found (the run has not finished an evaluation yet?)")
+    state = load_checkpoint_file(ckpt_path, map_location="cpu")
     dev = pick_device(device)
     ds = resolve_dataset(cfg["dataset"], prepare_if_missing=False)
     split = ds.eval_split(cfg.get("split", "loo"), cfg.get("split_fraction", 0.8))
     model = build_model(cfg["model"], n_items=ds.n_items, **cfg).to(dev)
-    state = torch.load(ckpt_path, map_location=dev, weights_only=False)
     model.load_state_dict(state["model"])
     model.eval()
     batcher = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, split.train_end, cfg["maxlen"],

@@ -42,7 +42,9 @@ from tqdm.auto import tqdm
 from ..data.datasets import resolve_dataset
 from ..models import build_model, get_model_class
 from ..track.sinks import Tracker, truncate_log
+from ..utils.checkpoint import load_checkpoint_file, save_checkpoint_file
 from ..utils.io import atomic_path, remove_stale_temps
+from .rundir import RunClaim
 from .batches import NegativeSampler, SequenceBatcher, draw_negatives
 from .config import KS, save_config, validate_config
 from .evaluation import evaluate
@@ -210,8 +212,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: dict
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "state": state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_checkpoint_file(payload, path)
 
 
 def _format_metrics(m: dict, keys=("hr@10", "ndcg@10")) -> str:
@@ -231,13 +232,21 @@ def apply_profile(cfg: dict) -> dict:
     return cfg
 
 
-def train(cfg: dict, log=print, resume: bool = False) -> dict:
+def train(cfg: dict, log=print, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``cfg['model']`` on ``cfg['dataset']``; returns the final test metrics.
 
     ``resume=True`` continues from ``train_dir/last.pt`` with the saved configuration.
+    ``train_dir`` is claimed for the session (:class:`RunClaim`): locked, and a folder that
+    already holds a run is refused unless ``resume`` or ``overwrite``.
     """
     cfg = apply_profile(cfg)
     validate_config(cfg)
+    rank = dist_info()[0]
+    with RunClaim(cfg["train_dir"], resume=resume, overwrite=overwrite, log=log, enabled=rank == 0) as claim:
+        return _train(cfg, log, resume, claim)
+
+
+def _train(cfg: dict, log, resume: bool, claim: RunClaim) -> dict:
     rank, world, local_rank = dist_info()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cfg["device"] != "cpu" and torch.cuda.is_available() else "gloo")
@@ -301,7 +310,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
     schedule = lr_lambda(cfg["warmup_steps"], steps_per_epoch, cfg["lr_decay_step"], cfg["lr_decay_rate"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) * st["lr_scale"])
     if resume:
-        ckpt = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
+        ckpt = load_checkpoint_file(run_dir / "last.pt", map_location=device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -324,6 +333,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
     elif is_main:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        claim.config_written()
     if resume and st["bad_steps"] >= cfg["max_bad_steps"]:  # stopped by the guard: --resume grants a new budget
         log(f"the previous session stopped after {st['bad_steps']} skipped steps; the count starts again")
         st["bad_steps"] = 0
@@ -498,7 +508,7 @@ def train(cfg: dict, log=print, resume: bool = False) -> dict:
         dist.barrier()
     if not (run_dir / "best.pt").exists():
         raise ValueError("no checkpoint was selected (the run ended before its first evaluation)")
-    ckpt = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    ckpt = load_checkpoint_file(run_dir / "best.pt", map_location=device)
     model.load_state_dict(ckpt["model"])
     result = {"protocol_full": "full ranking over all items"
               + (", user's history items excluded" if cfg["exclude_history"] else ""),
