@@ -30,7 +30,7 @@ def test_prepare_synthetic_info_export(tmp_path, capsys):
     assert "leave-one-out" in capsys.readouterr().out
     assert main(["export", str(out), "--format", "recbole", "--out", str(tmp_path / "rb"), "--name", "syn"]) == 0
     files = sorted(p.name for p in (tmp_path / "rb" / "syn").iterdir())
-    assert files == ["syn.inter", "syn_future.inter", "syn_past.inter"]
+    assert files == [".seqrec-export.json", "syn.inter", "syn_future.inter", "syn_past.inter"]
     header = (tmp_path / "rb" / "syn" / "syn.inter").read_text().splitlines()[0]
     assert header == "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 

@@ -155,7 +155,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("run_dir", help="a --train_dir of `seqrec train`")
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint file in the run folder")
     p.add_argument("--split", default="test", choices=["valid", "test"])
-    p.add_argument("--negatives", type=int, default=100, help="sampled protocol negatives (0 skips it)")
+    p.add_argument("--negatives", type=int, help="sampled protocol negatives (0 skips it; default: the run's "
+                   "--eval_negatives)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     from .train.config import NEXT_TIMES
 

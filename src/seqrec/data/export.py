@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..utils.io import write_json
 from .interactions import Interactions
 from .store import SeqDataset
 
@@ -42,6 +43,22 @@ def to_interactions(ds: SeqDataset, ids: str = "mapped", mask=None) -> Interacti
     return Interactions(frame, source=f"{ds.name} ({ids} ids)")
 
 
+EXPORT_MARKER = ".seqrec-export.json"
+
+
+def _claim_export_folder(folder: Path, paths: list[Path], ds: SeqDataset) -> None:
+    """Refuse to overwrite files seqrec did not export (no marker in their folder); mark it ours."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file: choose another --out")
+    if not (folder / EXPORT_MARKER).is_file():
+        clash = [p for p in paths if p.exists()]
+        if clash:
+            raise ValueError(f"{clash[0]} exists and was not written by `seqrec export`; it is left as it is: "
+                             "choose another --out (or --name), or move it away first")
+    write_json(folder / EXPORT_MARKER, {"dataset": ds.name, "dataset_path": str(ds.path),
+                                        "files": [p.name for p in paths]})
+
+
 def export_recbole(
     ds: SeqDataset,
     out_dir: str | Path,
@@ -54,16 +71,20 @@ def export_recbole(
     """Write the RecBole atomic files; returns the paths written."""
     from .readers import write_recbole_inter
 
-    name = name or ds.name
+    from .datasets import check_dataset_name
+
+    name = check_dataset_name(name or ds.name)
     out_dir = Path(out_dir) / name
     paths = [out_dir / f"{name}.inter"]
+    if temporal_fraction is not None:
+        paths += [out_dir / f"{name}_past.inter", out_dir / f"{name}_future.inter"]
+    _claim_export_folder(out_dir, paths, ds)
     write_recbole_inter(to_interactions(ds, ids), paths[0])
     if temporal_fraction is not None:
         split = ds.temporal_split(temporal_fraction)
-        past, future = out_dir / f"{name}_past.inter", out_dir / f"{name}_future.inter"
+        past, future = paths[1], paths[2]
         write_recbole_inter(to_interactions(ds, ids, split.is_past), past)
         write_recbole_inter(to_interactions(ds, ids, ~split.is_past), future)
-        paths += [past, future]
         if log:
             s = split.stats
             log(f"temporal split at {s['cutoff_time']}: past {s['past_rows']:,} rows, future {s['future_rows']:,} rows; "

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-import yaml
+from ..utils.io import read_yaml
 
 SETTINGS = ("model", "dataset", "loss", "maxlen", "hidden_units", "num_blocks", "dropout_rate", "mhc", "time_unit")
 METRICS = (("test_full", "hr@10"), ("test_full", "ndcg@10"), ("test_sampled", "hr@10"), ("test_sampled", "ndcg@10"))
@@ -24,7 +24,7 @@ def load_runs(dirs: list[str | Path], skipped: list[Path] | None = None) -> list
                 skipped.append(d)
                 continue
             raise FileNotFoundError(f"{d} is not a seqrec run folder (no config.yaml)")
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg = read_yaml(d / "config.yaml")
         res_path = d / "test_metrics.json"
         res = json.loads(res_path.read_text()) if res_path.exists() else {}
         row = {"run": d.name, **{k: cfg.get(k) for k in SETTINGS}}

@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, read_yaml
 
 REPORT = "report.md"
 LOSS_PNG = "loss.png"
@@ -125,7 +125,7 @@ def load_run_files(run_dir: str | Path) -> RunFiles:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a seqrec run folder (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    cfg = read_yaml(cfg_path)
     attempts = split_attempts(read_metrics(run_dir / "metrics.jsonl"))
     records = attempts[-1]
     epochs = [r for r in records if r.get("kind") == "epoch"]

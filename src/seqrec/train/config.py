@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,13 +188,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, extra_model_args: dict 
 
 
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of argument: value")
-    return data
+    """A YAML mapping; syntax errors name the file, line and column."""
+    from ..utils.io import read_yaml
+
+    return read_yaml(path)
 
 
 def _arg_type(default: Any, declared: Any = None) -> Any:
@@ -203,7 +201,13 @@ def _arg_type(default: Any, declared: Any = None) -> Any:
 def _yaml_value(key: str, value: Any, typ: Any, path: Any) -> Any:
     """A YAML value in its argument's type. YAML 1.1 (PyYAML) reads ``1e-4`` -- no dot --
     as a *string*; numbers and booleans written as strings are converted here."""
-    if value is None or isinstance(value, (list, dict)):
+    if value is None:
+        return value
+    if isinstance(value, (list, dict)):
+        if typ in (bool, int, float, str):
+            kind = "a list" if isinstance(value, list) else "a mapping"
+            want = {bool: "true or false", int: "an integer", float: "a number", str: "a single value"}[typ]
+            raise ValueError(f"{path}: {key} must be {want}, got {kind} ({value!r})")
         return value
     if typ is bool:
         try:
@@ -247,36 +251,78 @@ def resolve_config(cli: dict, known_extra: set[str] | None = None) -> dict:
     return cfg
 
 
+#: Ranges of the numeric settings, checked before anything is built: ``(low, high, open)`` with
+#: ``open`` the ends excluded, as in ``"(]"``: ``[1, inf)`` for counts, ``(0, 1)`` for fractions.
+_COUNT, _OPTIONAL = (1, math.inf, "[)"), (0, math.inf, "[)")
+RANGES: dict[str, tuple[float, float, str]] = {
+    **dict.fromkeys(("batch_size", "maxlen", "hidden_units", "num_blocks", "num_heads", "num_epochs", "eval_every",
+                     "eval_batch_size", "mhc_expansion_rate", "mhc_sinkhorn_iter", "time_span", "lr_decay_step",
+                     "max_bad_steps"), _COUNT),
+    **dict.fromkeys(("warmup_steps", "patience", "lr_plateau_patience", "eval_negatives", "max_steps", "log_every",
+                     "debug_users", "checkpoint_every", "num_threads", "length_bucketing", "inner_size",
+                     "num_negatives", "l2_emb", "weight_decay", "grad_clip"), _OPTIONAL),
+    **dict.fromkeys(("lr", "lr_decay_rate", "max_grad_norm"), (0, math.inf, "()")),
+    **dict.fromkeys(("lr_plateau_factor", "split_fraction"), (0, 1, "()")),
+    "dropout_rate": (0, 1, "[)"),
+}
+
+
+def _range_error(key: str, value: float) -> str | None:
+    lo, hi, ends = RANGES[key]
+    above = value > lo if ends[0] == "(" else value >= lo
+    below = value < hi if ends[1] == ")" else value <= hi
+    if above and below:
+        return None
+    if hi == math.inf and isinstance(ARG_BY_NAME[key].default, int):
+        what = "a positive integer" if lo == 1 else "a non-negative integer"
+    elif hi == math.inf:
+        what = f"> {lo:g}" if ends[0] == "(" else f">= {lo:g}"
+    else:
+        what = f"in {ends[0]}{lo:g}, {hi:g}{ends[1]}"
+    return f"--{key} must be {what}, got {value!r}"
+
+
+def _check_types(cfg: dict) -> None:
+    """Every table argument holds a value of its type (a YAML list or a string where a number
+    belongs fails here, naming the argument)."""
+    for a in ARGUMENTS:
+        if a.name not in cfg or cfg[a.name] is None:
+            continue
+        v = cfg[a.name]
+        typ = bool if a.flag else _arg_type(a.default, a.type)
+        if typ is bool:
+            ok = isinstance(v, bool)
+        elif typ is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif typ is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else:
+            ok = isinstance(v, str)
+        if not ok:
+            want = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(typ, typ)
+            raise ValueError(f"--{a.name} must be {want}, got {v!r}")
+
+
 def validate_config(cfg: dict) -> None:
     """Fail before training with a message that says what to change."""
     for key in ("dataset", "train_dir"):
         if not cfg.get(key):
             raise ValueError(f"--{key} is required")
+    _check_types(cfg)
     for a in ARGUMENTS:
         if a.choices and cfg.get(a.name) not in a.choices:
             raise ValueError(f"--{a.name} must be one of {', '.join(a.choices)}, got {cfg.get(a.name)!r}")
-    positive = ("batch_size", "maxlen", "hidden_units", "num_blocks", "num_heads", "num_epochs", "eval_every",
-                "eval_batch_size", "mhc_expansion_rate", "time_span")
-    for k in positive:
-        if k in cfg and (not isinstance(cfg[k], int) or cfg[k] <= 0):
-            raise ValueError(f"--{k} must be a positive integer, got {cfg[k]!r}")
+    for key in RANGES:
+        if key in cfg and (err := _range_error(key, cfg[key])):
+            raise ValueError(err)
+    if cfg.get("loss") == "sampled_softmax" and not cfg.get("num_negatives"):
+        raise ValueError("--loss sampled_softmax needs --num_negatives > 0 (the number of negatives it trains "
+                         "against); e.g. --num_negatives 256")
     if cfg["hidden_units"] % cfg["num_heads"] != 0:
         raise ValueError(
             f"hidden_units ({cfg['hidden_units']}) must be divisible by num_heads ({cfg['num_heads']}): "
             "change --num_heads or --hidden_units"
         )
-    if not 0.0 <= cfg["dropout_rate"] < 1.0:
-        raise ValueError(f"--dropout_rate must be in [0, 1), got {cfg['dropout_rate']}")
-    if not 0.0 < float(cfg.get("split_fraction", 0.8)) < 1.0:
-        raise ValueError(f"--split_fraction must be in (0, 1), got {cfg['split_fraction']}")
-    if cfg["lr"] <= 0:
-        raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
-    plateau = cfg.get("lr_plateau_patience", 0)
-    if isinstance(plateau, bool) or not isinstance(plateau, int) or plateau < 0:
-        raise ValueError(f"--lr_plateau_patience must be a non-negative integer (0 disables), got {plateau!r}")
-    factor = cfg.get("lr_plateau_factor", 0.1)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
-        raise ValueError(f"--lr_plateau_factor must be in (0, 1), got {factor!r}")
     check_metric(str(cfg["metric"]))
 
 

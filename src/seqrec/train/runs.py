@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ..data.datasets import resolve_dataset
 from ..data.store import SeqDataset
 from ..eval import paired_difference, per_user_metrics
 from ..models import build_model, get_model_class
 from ..utils.checkpoint import load_checkpoint_file
+from ..utils.io import read_yaml
 from .batches import SequenceBatcher
 from .config import KS, check_metric
 from .evaluation import evaluate
@@ -38,7 +38,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a seqrec run folder (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg = read_yaml(cfg_path)
     ckpt_path = run_dir / checkpoint
     if not ckpt_path.exists():
         raise FileNotFoundError(f"{ckpt_path} not found (the run has not finished an evaluation yet?)")
@@ -55,9 +55,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
     return LoadedRun(cfg, ds, model, batcher, dev)
 
 
-def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives=100, device="auto", log=print,
-                 next_time: str | None = None) -> dict:
+def evaluate_run(run_dir, checkpoint="best.pt", split="test", n_negatives: int | None = None, device="auto",
+                 log=print, next_time: str | None = None) -> dict:
+    """Full ranking and (``n_negatives``, default the run's ``eval_negatives``) sampled metrics."""
+    if n_negatives is not None and (isinstance(n_negatives, bool) or n_negatives < 0):
+        raise ValueError(f"--negatives must be a non-negative integer (0 skips the sampled protocol), got {n_negatives}")
     run = load_run(run_dir, checkpoint, device, next_time)
+    if n_negatives is None:
+        n_negatives = int(run.cfg.get("eval_negatives", 100))
     users, pos = _eval_rows(run, split)
     kw = dict(device=run.device, ks=KS, batch_size=run.cfg.get("eval_batch_size", 1024),
               exclude_history=run.cfg.get("exclude_history", True))

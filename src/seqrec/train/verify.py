@@ -628,12 +628,13 @@ def check_disk(ctx: _Context) -> Check:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     ckpt = ctx.n_params * 3 * 4  # weights + two Adam moments, float32
-    need = int(2 * ckpt * DISK_SAFETY)
+    need = int(3 * ckpt * DISK_SAFETY)  # best.pt, last.pt and the new copy of one while it replaces it
     detail = (f"{human_bytes(free)} free at {existing}; two checkpoints (best.pt, last.pt) of ~{human_bytes(ckpt)} "
-              f"need ~{human_bytes(need)} with a safety factor of {DISK_SAFETY:g}")
-    if (train_dir / "metrics.jsonl").exists():
-        detail += (f"; note: {train_dir} already holds a run: a new run there replaces its metrics.jsonl and "
-                   "checkpoints (continue it with --resume instead)")
+              f"and the copy written while one is replaced need ~{human_bytes(need)} with a safety factor of "
+              f"{DISK_SAFETY:g}")
+    if (train_dir / "config.yaml").exists():
+        detail += (f"; note: {train_dir} already holds a run: `seqrec train` refuses it unless --resume (continue "
+                   "it) or --overwrite (replace it)")
     data = {"free_bytes": free, "need_bytes": need, "path": str(existing)}
     if free < need:
         raise CheckError(detail, "free some space or choose another --train_dir", data)

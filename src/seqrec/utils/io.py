@@ -295,6 +295,27 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
 
 
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping from ``path``; a syntax error names the file, line and column."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found" if not path.exists() else f"{path} is not a file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of name: value, got {type(data).__name__}")
+    return data
+
+
 def torch_save_atomic(obj, path: str | os.PathLike) -> None:
     """``torch.save`` into memory, then one atomic, fsynced write: a full disk is a clean
     :class:`DiskFullError` and the previous file stays intact."""
