@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py --dataset ml-100k --model sasrec --maxlen 200 --hidden 50
 
 Measures sequences/second over ``--steps`` timed optimizer steps (after 3 warm-up steps) with
-the trainer's own batcher, negatives and loss, then the time of a full-ranking and of a
+the trainer's own step (``seqrec.train.step.TrainStep``: batcher, negatives, loss, clipping), then the time of a full-ranking and of a
 100-negative sampled evaluation of every evaluated user, and the peak RSS of the process.
 """
 
@@ -16,11 +16,19 @@ import time
 import numpy as np
 import torch
 
-from seqrec.data.datasets import resolve_dataset
-from seqrec.models import build_model, get_model_class
-from seqrec.train.batches import NegativeSampler, SequenceBatcher
-from seqrec.train.evaluation import evaluate
-from seqrec.train.losses import NEGATIVES, get_loss
+from seqrec.assemble import assemble
+from seqrec.config import flag_table, resolve_config
+from seqrec.eval.evaluate import evaluate
+from seqrec.train.step import TrainStep
+
+
+def bench_config(args, extra: dict):
+    """The run config of the benchmark's settings (model options the model lacks are skipped)."""
+    table = flag_table(args.model)
+    flags = {"dataset": args.dataset, "model": args.model, "maxlen": args.maxlen, "hidden_units": args.hidden,
+             "num_heads": args.heads, "num_blocks": args.blocks, "attn_impl": args.attn_impl,
+             "batch_size": args.batch, "loss": args.loss, "length_bucketing": args.bucket, **extra}
+    return resolve_config({k: v for k, v in flags.items() if k in table or k == "model"})
 
 
 def main(argv=None) -> dict:
@@ -38,38 +46,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval_repeats", type=int, default=5, help="evaluation times are the median of this many calls")
-    ap.add_argument("--extra", default="", help="more model kwargs, k=v,k=v (e.g. mhc=1)")
+    ap.add_argument("--extra", default="", help="more settings by flag name, k=v,k=v (e.g. mhc=True)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ds = resolve_dataset(args.dataset, prepare_if_missing=False, log=None)
-    loo = ds.leave_one_out()
     extra = {}
     for kv in filter(None, args.extra.split(",")):
         k, v = kv.split("=")
         extra[k] = type(eval(v))(eval(v)) if v not in ("true", "false") else v == "true"
-    model = build_model(args.model, n_items=ds.n_items, maxlen=args.maxlen, hidden_units=args.hidden,
-                        num_heads=args.heads, num_blocks=args.blocks, attn_impl=args.attn_impl, **extra)
-    b = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, loo.train_end, args.maxlen,
-                        with_time=get_model_class(args.model).uses_time)
-    sampler = NegativeSampler(ds.item, ds.offsets, loo.train_end, ds.n_items)
-    loss_fn, neg = get_loss(args.loss), NEGATIVES[args.loss]
-    opt = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.9, 0.98))
+    cfg = bench_config(args, extra)
+    parts = assemble(cfg, prepare_if_missing=False, log=None)
+    ds, b, loo = parts.dataset, parts.batcher, parts.dataset.leave_one_out()
+    train_step = TrainStep(cfg, parts, torch.device("cpu"))  # the product's own step
+    model = train_step.model
     rng = np.random.default_rng(0)
     batches = []
     while len(batches) < args.steps + 3:
         batches += b.epoch_batches(b.train_users(), args.batch, rng, bucket=args.bucket)
 
     def step(users):
-        batch = b.train_batch(users)
-        if neg == "per_position":
-            batch["negatives"] = torch.from_numpy(sampler.sample(users, tuple(batch["targets"].shape[1:]), rng))
-        elif neg == "shared":
-            batch["negatives"] = torch.from_numpy(rng.integers(1, ds.n_items + 1, size=256))
-        loss = loss_fn(model, model(batch), batch["targets"], negatives=batch.get("negatives"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step.forward_backward(train_step.batch(users, rng))
+        train_step.apply()
 
     model.train()
     for u in batches[:3]:

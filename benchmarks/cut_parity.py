@@ -10,6 +10,8 @@ Before the cut (commit 6912061, the flat argument table) each case was run with 
 
 Cases: 3-epoch runs of each shipped ML-100K configuration (needs ../shared/data/ml-100k,
 prepared as ``ml-100k``) and SS4Rec plus the seed's three command forms on synthetic data.
+To record ``before`` again, run this file from a checkout of 6912061's code
+(``PYTHONPATH=OLD/src python benchmarks/cut_parity.py --record before --root OLD``).
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ CASES: dict[str, dict[str, list[str]]] = {
         "before": ["--config", "configs/sasrec_ml-100k_ce.yaml", "--init_scheme", "xavier", *ML],
         "after": ["--config", "configs/sasrec_ml-100k.yaml", *ML]},
     "tisasrec_ml-100k": {
-        "before": ["--config", "configs/tisasrec_ml-100k_ce.yaml", "--init_scheme", "xavier", *ML],
+        "before": ["--config", "configs/tisasrec_ml-100k_ce.yaml", *ML],
         "after": ["--config", "configs/tisasrec_ml-100k.yaml", *ML]},
     "sasrec-mhc_ml-100k": {
-        "before": ["--config", "configs/sasrec_ml-100k_mhc_ce.yaml", "--init_scheme", "xavier", *ML],
+        "before": ["--config", "configs/sasrec_ml-100k_mhc_ce.yaml", *ML],
         "after": ["--config", "configs/sasrec-mhc_ml-100k.yaml", *ML]},
     "tisasrec-mhc_ml-100k": {
-        "before": ["--config", "configs/tisasrec_ml-100k_mhc_ce.yaml", "--init_scheme", "xavier", *ML],
+        "before": ["--config", "configs/tisasrec_ml-100k_mhc_ce.yaml", *ML],
         "after": ["--config", "configs/tisasrec-mhc_ml-100k.yaml", *ML]},
     "ss4rec_ml-100k": {
         "before": ["--config", "configs/ss4rec_ml-100k.yaml", *ML],
@@ -58,11 +60,11 @@ CASES: dict[str, dict[str, list[str]]] = {
 }
 
 
-def run_case(name: str, argv: list[str]) -> dict:
+def run_case(name: str, argv: list[str], root: Path = ROOT) -> dict:
     run_dir = RUNS / name
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "seqrec", "train", *argv, *COMMON, "--train_dir", str(run_dir)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{' '.join(cmd)}\n{proc.stderr[-3000:]}")
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -112,13 +114,17 @@ def main() -> int:
     p.add_argument("--record", choices=("before", "after"))
     p.add_argument("--check", action="store_true")
     p.add_argument("--cases", nargs="*", help="a subset of the cases")
+    p.add_argument("--root", type=Path, help="the checkout whose configs/ the commands read (default: this one)")
     args = p.parse_args()
     if args.record:
         results = {}
         for name in args.cases or CASES:
-            results[name] = run_case(name, CASES[name][args.record])
+            results[name] = run_case(name, CASES[name][args.record], args.root or ROOT)
             print(name, json.dumps({k: v for k, v in results[name].items() if k != "command"}), flush=True)
-        (OUT / f"cut_parity_{args.record}.json").write_text(json.dumps(results, indent=1) + "\n")
+        path = OUT / f"cut_parity_{args.record}.json"
+        if args.cases and path.exists():  # a subset: update those cases only
+            results = {**json.loads(path.read_text()), **results}
+        path.write_text(json.dumps(results, indent=1) + "\n")
     if args.check:
         return check()
     return 0

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from seqrec.data.datasets import resolve_dataset
-from seqrec.models import build_model, get_model_class
-from seqrec.train.batches import NegativeSampler, SequenceBatcher
-from seqrec.train.losses import get_loss
+from seqrec.assemble import assemble
+from seqrec.config import flag_table, resolve_config
+from seqrec.train.step import TrainStep
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--dataset", default="ml-100k")
@@ -25,24 +24,19 @@ ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--rows", type=int, default=25)
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
-ds = resolve_dataset(a.dataset, prepare_if_missing=False, log=None)
-loo = ds.leave_one_out()
-m = build_model(a.model, n_items=ds.n_items, maxlen=a.maxlen, hidden_units=a.hidden, num_heads=1, attn_impl=a.attn_impl)
-b = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, loo.train_end, a.maxlen, with_time=get_model_class(a.model).uses_time)
-ns = NegativeSampler(ds.item, ds.offsets, loo.train_end, ds.n_items)
-opt = torch.optim.Adam(m.parameters(), 1e-3)
-lf = get_loss(a.loss)
+flags = {"dataset": a.dataset, "model": a.model, "maxlen": a.maxlen, "hidden_units": a.hidden, "num_heads": 1,
+         "attn_impl": a.attn_impl, "loss": a.loss}
+cfg = resolve_config({k: v for k, v in flags.items() if k in flag_table(a.model) or k == "model"})
+parts = assemble(cfg, prepare_if_missing=False, log=None)
+train_step = TrainStep(cfg, parts, torch.device("cpu"))  # the product's own step
 rng = np.random.default_rng(0)
+b = parts.batcher
 batches = b.epoch_batches(b.train_users(), 128, rng, bucket=32)
 
 
 def step(u):
-    batch = b.train_batch(u)
-    batch["negatives"] = torch.from_numpy(ns.sample(u, tuple(batch["targets"].shape[1:]), rng))
-    loss = lf(m, m(batch), batch["targets"], negatives=batch["negatives"])
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+    train_step.forward_backward(train_step.batch(u, rng))
+    train_step.apply()
 
 
 for u in batches[:2]:

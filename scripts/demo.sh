@@ -18,14 +18,14 @@ else
   $SEQ prepare synthetic --users 2000 --items 800
   DATASET=synthetic
 fi
-ARGS=(--model sasrec --no_mhc --dataset "$DATASET" --loss ce --maxlen 50 --hidden_units 64 --num_heads 2
-      --dropout_rate 0.2 --batch_size 128 --progress false)
+# the shipped ML-100K SASRec config (CE, maxlen 50, hidden 64); the demo's runs are replaced on a rerun
+ARGS=(--config configs/sasrec_ml-100k.yaml --dataset "$DATASET" --progress false)
 echo; echo "== 1. debug profile (a slice of users, 2 epochs, anomaly detection) =="
-$SEQ train "${ARGS[@]}" --train_dir runs/demo-debug --debug
+$SEQ train "${ARGS[@]}" --train_dir runs/demo-debug --debug --overwrite
 echo; echo "== 2. pre-flight check =="
 $SEQ verify "${ARGS[@]}" --train_dir runs/demo-sasrec-$DATASET
 echo; echo "== 3. short training run + evaluation =="
-$SEQ train "${ARGS[@]}" --train_dir runs/demo-sasrec-$DATASET --num_epochs ${DEMO_EPOCHS:-20} --patience 5 "$@"
+$SEQ train "${ARGS[@]}" --train_dir runs/demo-sasrec-$DATASET --num_epochs ${DEMO_EPOCHS:-20} --patience 5 --overwrite "$@"
 echo; echo "== 4. report and recommendations =="
 sed -n '1,40p' runs/demo-sasrec-$DATASET/report.md
 $SEQ recommend runs/demo-sasrec-$DATASET --user 1 --k 5

@@ -6,8 +6,8 @@ import torch
 
 import seqrec.api as api
 from seqrec.data.datasets import prepare_dataset
-from seqrec.models import build_model
-from seqrec.train.config import resolve_config
+from seqrec.assemble import assemble
+from seqrec.config import resolve_config
 from seqrec.train.trainer import train
 
 
@@ -23,7 +23,7 @@ def _run(dataset, run_dir, model, loss):
     cfg = resolve_config({"dataset": str(dataset.path), "train_dir": str(run_dir), "model": model, "no_mhc": True,
                           "maxlen": 20, "hidden_units": 32, "num_heads": 2, "batch_size": 64, "num_epochs": 1,
                           "warmup_steps": 0, "lr": 0.005, "progress": False, "eval_negatives": 0, "patience": 0,
-                          "device": "cpu", "time_unit": "day"})
+                          "device": "cpu", **({"time_unit": "day"} if model == "tisasrec" else {})})
     train(cfg, log=lambda *_: None)
     return run_dir
 
@@ -161,8 +161,8 @@ def test_titles_on_real_movielens_100k(shared_file, tmp_path):
     raw = shared_file("ml-100k/u.data").parent
     ds = prepare_dataset("ml-100k", raw=raw, out=tmp_path / "ml100k", log=None)
     torch.manual_seed(0)
-    cfg = {"model": "sasrec", "maxlen": 20, "hidden_units": 16, "num_heads": 1}
-    model = build_model("sasrec", n_items=ds.n_items, **cfg)
+    cfg = resolve_config({"model": "sasrec", "maxlen": 20, "hidden_units": 16, "num_heads": 1})
+    model = assemble(cfg, ds).model
     rec = api.Recommender(cfg, ds, model, torch.device("cpu"))  # an untrained model: titles only
     assert rec.has_titles
     assert rec.item_titles([1, "50"]) == ["Toy Story (1995)", "Star Wars (1977)"]
@@ -193,8 +193,8 @@ def test_string_raw_ids(tmp_path):
     rows += [f"u{u}\titem{rng.integers(0, 30)}\t4\t{1000 + 100 * j}" for u in range(20) for j in range(8)]
     (tmp_path / "s.inter").write_text("\n".join(rows) + "\n")
     ds = prepare_dataset("strs", raw=tmp_path / "s.inter", out=tmp_path / "ds", log=None)
-    cfg = {"model": "sasrec", "maxlen": 10, "hidden_units": 8, "num_heads": 1}
-    rec = api.Recommender(cfg, ds, build_model("sasrec", n_items=ds.n_items, **cfg), torch.device("cpu"))
+    cfg = resolve_config({"model": "sasrec", "maxlen": 10, "hidden_units": 8, "num_heads": 1})
+    rec = api.Recommender(cfg, ds, assemble(cfg, ds).model, torch.device("cpu"))
     out = rec.recommend(user="u3", k=3)
     assert len(out) == 3 and all(isinstance(r["item"], str) and r["item"].startswith("item") for r in out)
     with pytest.raises(ValueError, match=r"user 3 is not in dataset strs \(20 users; raw ids such as 'u0'"):

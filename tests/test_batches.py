@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from seqrec.data.splits import leave_one_out
-from seqrec.train.batches import NegativeSampler, SequenceBatcher, user_time_scale
+from seqrec.data.batches import NegativeSampler, SequenceBatcher, user_time_scale
 
 
 def _toy(seed=0, n_users=20, n_items=30):

@@ -70,8 +70,8 @@ def test_compare_paired_on_the_same_users(run_dir, capsys, tmp_path):
     import torch
 
     from seqrec.eval import per_user_metrics
-    from seqrec.train.evaluation import evaluate
-    from seqrec.train.runs import load_run
+    from seqrec.eval.evaluate import evaluate
+    from seqrec.runs.load import load_run
 
     root, args = run_dir
     for name, seed in (("r", "42"), ("r2", "7")):

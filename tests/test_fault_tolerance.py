@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from seqrec.data.datasets import prepare_dataset
-from seqrec.train.config import resolve_config
+from seqrec.config import resolve_config
 from seqrec.train.trainer import TrainingStopped, train, worst_gradient
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -108,7 +108,7 @@ def test_resuming_a_finished_run_only_evaluates_again(ds, tmp_path, how):
     epochs = lambda: [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()  # noqa: E731
                       if json.loads(x).get("kind") == "epoch"]
     before, best_bytes, lines = epochs(), (run / "best.pt").read_bytes(), []
-    again = train({**resolve_config(_args(ds, run, checkpoint_every=0, **how))}, log=lines.append, resume=True)
+    again = train(resolve_config(_args(ds, run, checkpoint_every=0, **how)), log=lines.append, resume=True)
     assert epochs() == before and (run / "best.pt").read_bytes() == best_bytes
     assert any("had finished training" in str(x) for x in lines)
     for key in ("epochs_run", "best_epoch"):
@@ -132,7 +132,7 @@ def test_fp16_scaler_overflows_are_not_gradient_explosions(ds, tmp_path, monkeyp
     # The fp16 GradScaler probes its scale by overflowing now and then (inf gradients, finite
     # loss); those steps are its own to skip, and must not count towards --max_bad_steps.
     # Simulated on CPU: a CPU scaler whose first 6 scaled losses overflow to inf.
-    from seqrec.train import trainer as trainer_mod
+    from seqrec.train import step as step_mod
 
     class OverflowingScaler(torch.amp.GradScaler):
         calls = 0
@@ -142,7 +142,7 @@ def test_fp16_scaler_overflows_are_not_gradient_explosions(ds, tmp_path, monkeyp
             out = super().scale(outputs)
             return out * float("inf") if OverflowingScaler.calls <= 6 else out
 
-    monkeypatch.setattr(trainer_mod, "autocast_for", lambda device, amp: (None, True))
+    monkeypatch.setattr(step_mod, "autocast_for", lambda device, amp: (None, True))
     monkeypatch.setattr(torch.amp, "GradScaler", lambda device="cuda", **kw: OverflowingScaler("cpu"))
     res = train(resolve_config(_args(ds, tmp_path / "f", num_epochs=2, max_bad_steps=3, checkpoint_every=0)),
                 log=QUIET)

@@ -22,7 +22,7 @@ import yaml
 from seqrec.cli import main
 from seqrec.data.datasets import default_dataset_dir, prepare_dataset, resolve_dataset
 from seqrec.data.download import seqrec_home
-from seqrec.train.config import resolve_config, validate_config
+from seqrec.config import resolve_config, validate_config
 from seqrec.train.trainer import train
 from seqrec.utils.checkpoint import CheckpointError, load_checkpoint_file
 from seqrec.utils.io import FolderInUseError, FolderLock, NotOurFolderError, atomic_dir
@@ -218,7 +218,7 @@ def test_a_finished_run_is_not_replaced_silently(small_run, tmp_path, capsys):
     assert {p.name: _md5(p) for p in copy.iterdir() if p.is_file()} == before
     # --overwrite: a clean new run, nothing of the old one left beside it
     assert main(["train", *_argv(_train_args(ds_path, copy, num_epochs=1, lr=0.01)), "--overwrite"]) == 0
-    assert yaml.safe_load((copy / "config.yaml").read_text())["lr"] == 0.01
+    assert yaml.safe_load((copy / "config.yaml").read_text())["train"]["lr"] == 0.01
     assert json.loads((copy / "test_metrics.json").read_text())["epochs_run"] == 1
     assert not (copy / ".replaced").exists() and not (copy / ".lock").exists()
 

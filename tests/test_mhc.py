@@ -424,31 +424,33 @@ def test_h_pre_and_h_post_are_used():
 
 
 # --- configuration -------------------------------------------------------------------------------
-def test_config_fields_and_flat_dict():
+def test_mhc_is_a_section_of_the_transformer_configs():
+    from seqrec.models import MHCConfig
+
     for cfg_cls in (SASRecConfig, TiSASRecConfig):
-        fields = cfg_cls.__dataclass_fields__
-        assert {"mhc", "mhc_expansion_rate", "mhc_sinkhorn_iter", "mhc_init_gate",
-                "mhc_no_amp"} <= set(fields)
-        c = cfg_cls()
-        assert (c.mhc, c.mhc_expansion_rate, c.mhc_sinkhorn_iter, c.mhc_init_gate,
-                c.mhc_no_amp) == (False, 4, 20, 0.01, False)
-    model = build_model("tisasrec", N_ITEMS, hidden_units=8, mhc=True, mhc_expansion_rate=3,
-                        mhc_sinkhorn_iter=7, mhc_init_gate=0.03, mhc_no_amp=True,
-                        no_mhc=False, lr=1e-3)
+        assert cfg_cls().mhc is None  # off unless asked for
+        assert not any(f.startswith("mhc_") for f in cfg_cls.__dataclass_fields__)
+    m = MHCConfig()
+    assert (m.expansion_rate, m.sinkhorn_iter, m.init_gate, m.no_amp) == (4, 20, 0.01, False)  # the seed's
+    model = build_model("tisasrec", N_ITEMS, hidden_units=8, mhc_expansion_rate=3, mhc_sinkhorn_iter=7,
+                        mhc_init_gate=0.03, mhc_no_amp=True)
     hc = hcs(model)[0]
     assert (hc.n, hc.sinkhorn_iter, hc.no_amp) == (3, 7, True)
     assert hc.alpha_post.item() == pytest.approx(0.03)
+    same = build_model("tisasrec", N_ITEMS, config=TiSASRecConfig(hidden_units=8, mhc=MHCConfig(3, 7, 0.03, True)))
+    assert same.config == model.config
     assert not hcs(build_model("sasrec", N_ITEMS, hidden_units=8, mhc=False))
+    assert not hcs(build_model("sasrec", N_ITEMS, hidden_units=8))
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(mhc_expansion_rate=0), "change --mhc_expansion_rate"),
-        (dict(mhc_expansion_rate=2.0), "change --mhc_expansion_rate"),
-        (dict(mhc_sinkhorn_iter=0), "change --mhc_sinkhorn_iter"),
-        (dict(mhc_init_gate=-0.1), "change --mhc_init_gate"),
-        (dict(mhc_init_gate=float("nan")), "change --mhc_init_gate"),
+        (dict(mhc_expansion_rate=0), "--mhc_expansion_rate must be a positive integer"),
+        (dict(mhc_expansion_rate=2.5), "--mhc_expansion_rate must be an integer"),
+        (dict(mhc_sinkhorn_iter=0), "--mhc_sinkhorn_iter must be a positive integer"),
+        (dict(mhc_init_gate=-0.1), "--mhc_init_gate must be >= 0"),
+        (dict(mhc_init_gate=float("nan")), "--mhc_init_gate must be a number"),
     ],
 )
 @pytest.mark.parametrize("name", MODELS)

@@ -72,14 +72,11 @@ def test_shapes_and_scoring(name):
     "name,extra",
     [
         ("sasrec", {}),
-        ("sasrec", {"embed_norm": True, "norm_first": False, "init_scheme": "normal", "init_std": 0.02}),  # RecBole
+        ("sasrec", {"embed_norm": True, "norm_first": False, "init_scheme": "normal"}),  # RecBole-like
         ("tisasrec", {"time_personalize": True}),  # causal in-window scale
         ("tisasrec", {"embed_norm": True}),
         ("tisasrec", {"time_personalize": False, "time_unit": "minute"}),
-        ("sasrec", {"positions": "start"}),
-        ("tisasrec", {"positions": "start"}),
-        ("sasrec", {"block_form": "sasrec", "init_scheme": "xavier"}),  # the reference code's
-        ("tisasrec", {"block_form": "sasrec"}),
+        ("tisasrec", {"mhc": True, "mhc_expansion_rate": 2}),
     ],
 )
 def test_causality(name, extra, attn_impl):
@@ -115,9 +112,9 @@ def test_tisasrec_causal_with_given_time_scale():
 
 @pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("positions,block_form", [("end", "standard"), ("start", "standard"), ("end", "sasrec")])
-def test_left_padding_invariance(name, attn_impl, positions, block_form):
-    model = make_model(name, attn_impl=attn_impl, positions=positions, block_form=block_form).eval()
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_left_padding_invariance(name, attn_impl, norm_first):
+    model = make_model(name, attn_impl=attn_impl, norm_first=norm_first).eval()
     batch = make_batch(B=4, L=8)
     extra = 5
     padded = {k: F.pad(v, (extra, 0)) for k, v in batch.items()}
@@ -217,23 +214,18 @@ def test_registry_lists_models():
     assert get_model_class("tisasrec") is TiSASRec
 
 
-def test_build_model_ignores_unknown_keys():
-    model = build_model(
-        "tisasrec",
-        N_ITEMS,
-        hidden_units=12,
-        num_heads=3,
-        time_unit="day",
-        lr=0.1,
-        batch_size=7,
-        no_mhc=True,
-        dataset="ml-1m",
-    )
-    assert isinstance(model.config, TiSASRecConfig)
+def test_build_model_takes_the_models_own_options_only():
+    model = build_model("tisasrec", N_ITEMS, maxlen=30, hidden_units=12, num_heads=3, time_unit="day",
+                        mhc_expansion_rate=2)
+    assert isinstance(model.config, TiSASRecConfig) and model.maxlen == 30
     assert model.config.hidden_units == 12 and model.config.time_unit == "day"
-    assert model.config.maxlen == 200  # default kept
-    sas = build_model("sasrec", N_ITEMS, time_unit="day", hidden_units=8)
-    assert type(sas.config) is SASRecConfig
+    assert model.config.mhc.expansion_rate == 2  # an mhc_* option switches the section on
+    assert build_model("tisasrec", N_ITEMS).config.mhc is None  # a model's default: no mHC
+    for wrong in (dict(lr=0.1), dict(batch_size=7), dict(dataset="ml-1m")):  # the trainer's, not the model's
+        with pytest.raises(ValueError, match="has no option"):
+            build_model("sasrec", N_ITEMS, **wrong)
+    with pytest.raises(ValueError, match="has no option 'time_unit'"):
+        build_model("sasrec", N_ITEMS, time_unit="day")
 
 
 def test_unknown_model_lists_available():
@@ -244,7 +236,7 @@ def test_unknown_model_lists_available():
 def test_defaults_match_seed():
     c = TiSASRecConfig()
     assert (c.hidden_units, c.num_blocks, c.num_heads) == (50, 2, 2)
-    assert (c.dropout_rate, c.maxlen) == (0.2, 200)
+    assert c.dropout_rate == 0.2 and c.mhc is None
     assert (c.time_span, c.time_unit, c.time_personalize, c.norm_first) == (100, "hour", True, True)
 
 
@@ -256,24 +248,20 @@ def test_defaults_match_seed():
             r"hidden_units \(50\) must be divisible by num_heads \(3\): "
             r"change --num_heads or --hidden_units",
         ),
-        (dict(dropout_rate=1.0), "change --dropout_rate"),
-        (dict(attn_impl="flash"), "change --attn_impl"),
-        (dict(num_blocks=0), "change --num_blocks"),
-        (dict(time_unit="week"), "change --time_unit"),
-        (dict(time_span=0), "change --time_span"),
-        (dict(init_std=-0.1), "change --init_std"),
-        (dict(block_form="gpt"), "change --block_form"),
-        (dict(block_form="sasrec", mhc=True), "use --no_mhc and --norm_first true, or --block_form standard"),
-        (dict(block_form="sasrec", norm_first=False), "use --no_mhc and --norm_first true"),
-        (dict(init_scheme="kaiming"), "change --init_scheme"),
-        (dict(embed_scale="no"), "change --embed_scale"),
-        (dict(init_scheme="xavier", init_std=0.02), "set --init_std 0 or --init_scheme normal"),
+        (dict(dropout_rate=1.0), "--dropout_rate must be in"),
+        (dict(attn_impl="flash"), "--attn_impl must be one of"),
+        (dict(num_blocks=0), "--num_blocks must be a positive integer"),
+        (dict(time_unit="week"), "--time_unit must be one of"),
+        (dict(time_span=0), "--time_span must be a positive integer"),
+        (dict(init_scheme="kaiming"), "--init_scheme must be one of xavier, normal"),
+        (dict(hiden_units=8), "has no option 'hiden_units' \\(did you mean 'hidden_units'\\?\\)"),
+        (dict(s5_state=8), "has no option 's5_state'"),
     ],
 )
 def test_invalid_config_messages(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model("tisasrec", N_ITEMS, **kwargs)
-    if "time_unit" not in kwargs and "time_span" not in kwargs:
+    if "time_unit" not in kwargs and "time_span" not in kwargs and "s5_state" not in kwargs:
         with pytest.raises(ValueError, match=match):
             build_model("sasrec", N_ITEMS, **kwargs)
 
@@ -318,120 +306,6 @@ def test_fused_qkv_projection_equals_separate_linears():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_embed_norm_and_init_std_options(name):
-    torch.manual_seed(0)
-    plain = make_model(name, init_scheme="normal")
-    torch.manual_seed(0)
-    normed = make_model(name, init_scheme="normal", embed_norm=True)
-    assert sum(p.numel() for p in normed.parameters()) == sum(p.numel() for p in plain.parameters()) + 2 * 16
-    batch = make_batch(B=2, L=6)
-    assert not torch.allclose(plain.eval()(batch), normed.eval()(batch))
-    torch.manual_seed(0)
-    small = make_model(name, init_scheme="normal", init_std=0.02)
-    std = small.item_embedding_weight()[1:].std().item()
-    default_std = plain.item_embedding_weight()[1:].std().item()
-    assert abs(std - 0.02) < 0.003 and abs(default_std - 16 ** -0.5) < 0.06
-
-
-@pytest.mark.parametrize("name", MODELS + ["ss4rec"])
-def test_score_dropout_regularises_training_scores_only(name):
-    """score_dropout drops entries of the scoring item table in training mode only: the same
-    hidden state gets different full-ranking scores in training, the exact tied-embedding
-    scores in evaluation, and the CE loss still back-propagates into the embedding."""
-    model = make_model(name, score_dropout=0.5)  # SS4Rec ignores TINY's num_heads
-    hidden = torch.randn(3, 16)
-    exact = hidden @ model.item_embedding_weight().t()
-    model.eval()
-    torch.testing.assert_close(model.score_all(hidden), exact)
-    items = torch.randint(1, N_ITEMS + 1, (3, 4))
-    torch.testing.assert_close(model.score_items(hidden, items), exact.gather(-1, items))
-    model.train()
-    dropped = model.output_embedding()
-    zero = dropped == 0
-    assert 0.3 < zero[1:].float().mean().item() < 0.7  # about half of the entries dropped
-    kept = ~zero
-    torch.testing.assert_close(dropped[kept], model.item_embedding_weight()[kept] * 2.0)  # 1 / (1 - p)
-    assert not torch.allclose(model.score_all(hidden), exact)
-    loss = F.cross_entropy(model.score_all(hidden), torch.tensor([1, 2, 3]))
-    loss.backward()
-    assert model.item_embedding_weight().grad is not None and model.item_embedding_weight().grad.abs().sum() > 0
-    default = make_model("sasrec")
-    assert default.train().output_embedding() is default.item_embedding_weight()  # off by default
-
-
-@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "0.2"])
-def test_score_dropout_rejects_bad_rates(bad):
-    with pytest.raises(ValueError, match="score_dropout must be in \\[0, 1\\).*--score_dropout"):
-        make_model("sasrec", score_dropout=bad)
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_start_positions_make_every_slot_look_like_a_test_time_prefix(name):
-    """positions="start" (RecBole's indexing): the output at slot j of a full window equals the
-    last output for the prefix of length j + 1 on its own -- what the model sees at test time --
-    so a loss on every position trains exactly the test-time computation. With the default
-    "end" indexing the prefix's last slot has index 0 instead of L-1-j, so the two differ."""
-    from seqrec.models.sasrec import position_ids
-
-    valid = torch.tensor([[False, False, True, True, True], [True] * 5])
-    assert position_ids(valid, 8, "start").tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
-    assert position_ids(valid, 8, "end").tolist() == [4, 3, 2, 1, 0]
-    batch = make_batch(B=3, L=7, min_len=7)
-    for positions, same in (("start", True), ("end", False)):
-        model = make_model(name, positions=positions).eval()
-        full = model(batch)
-        for j in (0, 3, 5):
-            prefix = {k: F.pad(v[:, : j + 1], (6 - j, 0)) for k, v in batch.items()}  # right-aligned
-            last = model(prefix)[:, -1]
-            assert torch.allclose(last, full[:, j], atol=1e-5) is same, (positions, j)
-
-
-def test_positions_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="positions must be one of .*change --positions"):
-        make_model("sasrec", positions="left")
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_reference_code_block_form(name):
-    """block_form="sasrec" computes the reference code's block: ``h = LN(x)``, attention with
-    queries from ``h`` and keys/values from the raw ``x``, residual ``h + attn``; then
-    ``g = LN(.)``, ``g + FFN(g)``; a final LayerNorm. Checked against a hand-written forward."""
-    from seqrec.models.layers.residual import SASRecCodeResidual, apply_mask
-
-    model = make_model(name, block_form="sasrec", num_blocks=1).eval()
-    block = model.blocks[0]
-    assert isinstance(block.attn, SASRecCodeResidual) and isinstance(block.ffn, SASRecCodeResidual)
-    batch = make_batch(B=3, L=7)
-    valid = batch["items"] != 0
-    captured = {}
-    block.register_forward_pre_hook(lambda mod, args: captured.update(x=args[0]))
-    out = model(batch)
-    x = captured["x"]  # the block input (embeddings, padding zeroed)
-    attn, ffn = block.attn.sublayer, block.ffn.sublayer
-    h = block.attn.norm(x)
-    kw = {}
-    if name == "tisasrec":
-        kw = dict(relation=model.relation_matrix(batch, valid), pos_k=model.pos_k_emb(torch.arange(6, -1, -1)).expand(3, 7, 16),
-                  pos_v=model.pos_v_emb(torch.arange(6, -1, -1)).expand(3, 7, 16), rel_k=model.rel_k_emb.weight,
-                  rel_v=model.rel_v_emb.weight)
-        from seqrec.models.layers.attention import causal_padding_mask
-
-        mask = causal_padding_mask(valid)
-    else:
-        from seqrec.models.layers.attention import causal_padding_additive_mask
-
-        mask = causal_padding_additive_mask(valid)
-    a = h + attn(h, mask, kv=x, **kw)
-    g = block.ffn.norm(a)
-    expected = apply_mask(model.final_norm(apply_mask(g + ffn(g), valid)), valid)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
-    # keys/values really come from the raw stream: the standard pre-LN form differs
-    standard = make_model(name, num_blocks=1).eval()
-    standard.load_state_dict(model.state_dict())
-    assert not torch.allclose(standard(batch), out, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", MODELS)
 def test_xavier_init_scheme(name):
     """init_scheme="xavier" (the default): every embedding table Xavier-normal (std
     sqrt(2 / (rows + D))), padding row zero; linear layers keep their Xavier init."""
@@ -451,14 +325,30 @@ def test_xavier_init_scheme(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_embed_scale_option(name):
-    """embed_scale=False feeds E[item] unscaled: with the sqrt(D) folded into the table the
-    model computes the same function."""
-    scaled = make_model(name).eval()
-    plain = make_model(name, embed_scale=False).eval()
-    state = scaled.state_dict()
-    plain.load_state_dict({**state, "item_emb.weight": state["item_emb.weight"] * 16 ** 0.5})
-    batch = make_batch()
-    h_plain, h_scaled = plain(batch), scaled(batch)
-    torch.testing.assert_close(h_plain, h_scaled, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(make_model(name, embed_scale=False).eval()(batch), h_scaled, atol=1e-3)
+def test_embed_norm_adds_one_layernorm(name):
+    torch.manual_seed(0)
+    plain = make_model(name)
+    torch.manual_seed(0)
+    normed = make_model(name, embed_norm=True)
+    assert sum(p.numel() for p in normed.parameters()) == sum(p.numel() for p in plain.parameters()) + 2 * 16
+    batch = make_batch(B=2, L=6)
+    assert not torch.allclose(plain.eval()(batch), normed.eval()(batch))
+
+
+@pytest.mark.parametrize("name", MODELS + ["ss4rec"])
+def test_no_weight_decay_is_declared_by_the_model(name):
+    """Vectors and scalars (biases, norms, gates) and mHC's declared static biases are exempt;
+    every weight matrix decays."""
+    if name == "ss4rec":
+        torch.manual_seed(0)
+        model = build_model("ss4rec", N_ITEMS, hidden_units=16, s5_state=4, d_state=4)
+    else:
+        model = make_model(name, mhc=True, mhc_expansion_rate=2)
+    exempt = model.no_weight_decay()
+    params = dict(model.named_parameters())
+    assert exempt <= set(params)
+    assert {n for n, p in params.items() if p.ndim < 2} <= exempt
+    if name != "ss4rec":
+        assert any(n.endswith("bias_res") for n in exempt) and params[next(n for n in exempt if n.endswith("bias_res"))].ndim == 2
+        assert not any(n.endswith(".phi") for n in exempt)  # mHC's projection is a weight
+    assert "item_emb.weight" not in exempt

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from seqrec.data.datasets import prepare_dataset
-from seqrec.track.report import read_metrics, split_attempts, write_report
-from seqrec.train.config import resolve_config
+from seqrec.runs import RunFolder
+from seqrec.track.report import split_attempts, write_report
+from seqrec.config import resolve_config
 from seqrec.train.trainer import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -63,7 +64,7 @@ def test_report_of_a_run_in_progress(run_dir, tmp_path):
     d = _copy_run(run_dir, tmp_path / "partial")
     text = write_report(d).read_text()
     assert "not finished" in text
-    epochs = [r for r in read_metrics(d / "metrics.jsonl") if r["kind"] == "epoch"]
+    epochs = [r for r in RunFolder(d).metrics() if r["kind"] == "epoch"]
     best = max(epochs, key=lambda r: r["valid_ndcg@10"])
     assert f"Best epoch: **{best['epoch']}**" in text and "so far" in text
     assert (d / "loss.png").read_bytes()[:8] == PNG_MAGIC
@@ -94,7 +95,7 @@ def test_appended_attempts_use_the_last(run_dir, tmp_path):
     d = _copy_run(run_dir, tmp_path / "twice", drop_test=False)
     lines = (d / "metrics.jsonl").read_text()
     (d / "metrics.jsonl").write_text(lines + lines)  # trained twice into the same folder
-    records = read_metrics(d / "metrics.jsonl")
+    records = RunFolder(d).metrics()
     attempts = split_attempts(records)
     assert len(attempts) == 2 and attempts[0] == attempts[1]
     assert "2 training attempts" in write_report(d, plots=False).read_text()

@@ -4,7 +4,7 @@ import pytest
 
 from seqrec.data.datasets import prepare_dataset
 from seqrec.track.sinks import JsonlSink, truncate_log
-from seqrec.train.config import resolve_config
+from seqrec.config import resolve_config
 from seqrec.train.trainer import train
 
 
@@ -54,9 +54,9 @@ def test_tensorboard_drops_the_events_a_resume_replays(tmp_path):
     train(cfg, log=lambda *a: None)
     run = tmp_path / "run"
     shutil.copy(run / "last.pt", tmp_path / "epoch1.pt")
-    train({**cfg, "num_epochs": 2}, log=lambda *a: None, resume=True)  # epoch 2 logged...
+    train(cfg.replace(train={"num_epochs": 2}), log=lambda *a: None, resume=True)  # epoch 2 logged...
     shutil.copy(tmp_path / "epoch1.pt", run / "last.pt")  # ...then "killed" back to epoch 1's checkpoint
-    train({**cfg, "num_epochs": 2}, log=lambda *a: None, resume=True)  # epoch 2 replayed
+    train(cfg.replace(train={"num_epochs": 2}), log=lambda *a: None, resume=True)  # epoch 2 replayed
     acc = event_accumulator.EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     steps = [e.step for e in acc.Scalars("step/loss")]
@@ -76,6 +76,6 @@ def test_wandb_resume_continues_the_same_run(tmp_path, monkeypatch):
     cfg = _tiny(tmp_path, wandb=True, num_epochs=1)
     train(cfg, log=lambda *a: None)
     run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()
-    train({**cfg, "num_epochs": 2}, log=lambda *a: None, resume=True)
+    train(cfg.replace(train={"num_epochs": 2}), log=lambda *a: None, resume=True)
     assert [(c["id"], c["resume"]) for c in calls] == [(run_id, "allow"), (run_id, "allow")]
     assert (tmp_path / "run" / "wandb_id.txt").read_text().strip() == run_id

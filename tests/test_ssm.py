@@ -165,44 +165,6 @@ def test_s5_zero_gap_leaves_state_unchanged():
     assert (m(u, dt)[:, :3] == 0).all()
 
 
-def test_s5_impulse_matches_explicit_recurrence_and_writes_zero_gaps():
-    """discretization="impulse": x_i = exp(Lambda delta_i) (x_{i-1} + B u_i), y = Re(C x) + D u,
-    checked against a plain complex loop; a zero gap still writes its input."""
-    torch.manual_seed(0)
-    m = S5(5, 6, discretization="impulse").double()
-    u, dt = _s5_inputs(B=2, L=9, H=5)
-    k = 4
-    dt[:, k] = 0.0
-    y = m(u, dt)
-    lam = torch.complex(m.Lambda_re.detach().clamp(max=-1e-4), m.Lambda_im.detach())
-    Bc = torch.complex(m.B_re.detach(), m.B_im.detach())
-    Cc = torch.complex(m.C_re.detach(), m.C_im.detach())
-    step = torch.exp(m.log_step.detach())
-    x = torch.zeros(2, 6, dtype=torch.complex128)
-    ref = []
-    for i in range(9):
-        x = torch.exp(lam * dt[:, i, None] * step) * (x + u[:, i].to(torch.complex128) @ Bc.T)
-        ref.append((x @ Cc.T).real + m.D.detach() * u[:, i])
-    torch.testing.assert_close(y, torch.stack(ref, 1))
-    u2 = u.clone()
-    u2[:, k] += 3.0  # unlike zero-order hold, the zero-gap input reaches later outputs
-    assert not torch.allclose(m(u2, dt)[:, k + 1 :], y[:, k + 1 :])
-    seq = S5(5, 6, scan="sequential", discretization="impulse").double()
-    seq.load_state_dict(m.state_dict())
-    u.requires_grad_()
-    y_par, y_seq = m(u, dt), seq(u, dt)
-    g_par = torch.autograd.grad(y_par.square().sum(), [u, *m.parameters()])
-    g_seq = torch.autograd.grad(y_seq.square().sum(), [u, *seq.parameters()])
-    for p, q in zip(g_par, g_seq):
-        assert torch.isfinite(p).all()
-        torch.testing.assert_close(p, q)
-    u3, dt3 = u.detach().clone(), dt.clone()
-    u3[:, :3], dt3[:, :3] = 0.0, 0.0  # padding stays inert
-    assert (m(u3, dt3)[:, :3] == 0).all()
-    with pytest.raises(ValueError, match="discretization must be one of"):
-        S5(5, 6, discretization="bilinear")
-
-
 def test_s5_output_depends_on_gap():
     torch.manual_seed(0)
     m = S5(4, 4).double()

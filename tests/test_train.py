@@ -11,39 +11,10 @@ import yaml
 from seqrec.cli import main
 from seqrec.data.datasets import prepare_dataset
 from seqrec.models import build_model
-from seqrec.train.config import ARGUMENTS, resolve_config, validate_config
+from seqrec.config import resolve_config, validate_config
 from seqrec.train.losses import LOSSES, get_loss
-from seqrec.train.trainer import lr_lambda, train
-
-SEED_TABLE = {  # the SASRec.pytorch seed's argument table and defaults
-    "batch_size": 128, "lr": 0.001, "lr_decay_step": 1000, "lr_decay_rate": 0.95, "warmup_steps": 100,
-    "maxlen": 200, "hidden_units": 50, "num_blocks": 2, "num_heads": 2, "dropout_rate": 0.2, "l2_emb": 0.0,
-    "no_time": False, "no_mhc": False, "mhc_expansion_rate": 4, "mhc_sinkhorn_iter": 20, "mhc_init_gate": 0.01,
-    "mhc_no_amp": False, "time_span": 100, "time_unit": "hour", "num_epochs": 1000,
-}
-
-
-def test_every_seed_argument_has_its_default():
-    defaults = {a.name: a.default for a in ARGUMENTS}
-    for k, v in SEED_TABLE.items():
-        assert defaults[k] == v, k
-    assert "dataset" in defaults and "train_dir" in defaults and "device" in defaults
-
-
-def test_model_options_are_documented_in_help(capsys):
-    from seqrec.train.config import model_arguments
-
-    docs = {k: h for k, (_, h) in model_arguments().items()}
-    assert docs["embed_norm"].startswith("sasrec, tisasrec: LayerNorm on the input embeddings")
-    assert "; ss4rec: dropout + LayerNorm on the item embeddings" in docs["embed_norm"]  # shared name
-    assert docs["embed_norm"].count("LayerNorm on the input embeddings") == 1  # one description, listed once
-    assert docs["score_dropout"].startswith("sasrec, ss4rec, tisasrec: dropout on the item table")
-    assert docs["s5_state"].startswith("ss4rec: S5 complex state size")
-    assert docs["time_scale"].startswith("ss4rec: unit of the S5 time gaps")
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
-    assert "Mamba causal conv width" in capsys.readouterr().out
-
+from seqrec.train.step import lr_lambda
+from seqrec.train.trainer import train
 
 def test_lr_schedule_warmup_then_step_decay():
     f = lr_lambda(warmup_steps=10, steps_per_epoch=5, decay_step=2, decay_rate=0.5)
@@ -55,59 +26,14 @@ def test_lr_schedule_warmup_then_step_decay():
     assert g(0) == 1.0 and g(4999) == 1.0 and g(5000) == pytest.approx(0.95)
 
 
-def test_config_precedence_yaml_then_cli(tmp_path):
-    cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(yaml.safe_dump({"lr": 0.01, "maxlen": 77, "no_time": True}))
-    cfg = resolve_config({"config": str(cfg_file), "maxlen": 33})
-    assert cfg["lr"] == 0.01 and cfg["maxlen"] == 33 and cfg["model"] == "sasrec"
-    assert cfg["batch_size"] == 128
-    assert resolve_config({})["model"] == "tisasrec"
-    assert resolve_config({"no_mhc": True})["mhc"] is False
-    cfg_file.write_text(yaml.safe_dump({"hiden_units": 64}))
-    with pytest.raises(ValueError, match="did you mean 'hidden_units'"):
-        resolve_config({"config": str(cfg_file)})
-
-
-def test_yaml_numbers_without_a_dot_take_the_argument_type(tmp_path):
-    # PyYAML (YAML 1.1) reads 1e-4 as the *string* '1e-4'; a config must still mean a number.
-    cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("lr: 1e-4\nweight_decay: 5e-5\nmaxlen: 5e1\ngrad_clip: 1\nmin_gap: 5e-1\n"
-                        "norm_first: 'false'\nembed_norm: yes\n")
-    assert yaml.safe_load(cfg_file.read_text())["lr"] == "1e-4"  # the YAML quirk itself
-    cfg = resolve_config({"config": str(cfg_file), "dataset": "x", "train_dir": "y"})
-    assert cfg["lr"] == 1e-4 and isinstance(cfg["lr"], float)
-    assert cfg["weight_decay"] == 5e-5 and cfg["maxlen"] == 50 and isinstance(cfg["maxlen"], int)
-    assert cfg["grad_clip"] == 1.0 and isinstance(cfg["grad_clip"], float)
-    assert cfg["min_gap"] == 0.5  # a model's own option (SS4Rec) is typed too
-    assert cfg["norm_first"] is False and cfg["embed_norm"] is True
-    validate_config(cfg)
-    for text, message in [("lr: fast\n", "lr must be a number"), ("maxlen: 2.5\n", "maxlen must be an integer"),
-                          ("norm_first: maybe\n", "norm_first must be true or false")]:
-        cfg_file.write_text(text)
-        with pytest.raises(ValueError, match=message):
-            resolve_config({"config": str(cfg_file)})
-
-
-@pytest.mark.parametrize("override,message", [
-    ({"hidden_units": 50, "num_heads": 3}, "divisible by num_heads"),
-    ({"time_unit": "week"}, "--time_unit must be one of"),
-    ({"dropout_rate": 1.5}, "dropout_rate"),
-    ({"metric": "auc"}, "--metric"),
-    ({"metric": "ndcg@50"}, "K in 5, 10, 20"),
-    ({"maxlen": 0}, "--maxlen must be a positive integer"),
-])
-def test_invalid_configs_fail_with_advice(override, message):
-    cfg = resolve_config({"dataset": "x", "train_dir": "y", **override})
-    with pytest.raises(ValueError, match=message):
-        validate_config(cfg)
-
-
 def test_cli_errors_before_training(tmp_path, capsys):
     rc = main(["train", "--dataset", "no-such-data", "--train_dir", str(tmp_path / "r"), "--no_time", "--no_mhc"])
     assert rc == 2 and "unknown dataset" in capsys.readouterr().err
     rc = main(["train", "--dataset", "x", "--train_dir", str(tmp_path / "r"), "--hidden_units", "50",
                "--num_heads", "3"])
     assert rc == 2 and "change --num_heads" in capsys.readouterr().err
+    rc = main(["train", "--model", "sasrec", "--dataset", "x", "--train_dir", str(tmp_path / "r"), "--s5_state", "8"])
+    assert rc == 2 and "--s5_state is not an option of sasrec" in capsys.readouterr().err
 
 
 def _tiny_model(n_items=20):
@@ -132,37 +58,14 @@ def test_losses_ignore_padding_positions(loss):
     assert torch.allclose(fn(m, h2, targets, **kw), base)
 
 
-def test_sampled_softmax_with_negatives_per_position():
-    """negatives [B, L, N] (RecTools/eSASRec): softmax over the target and that position's own
-    negatives, a negative equal to the target masked; shared negatives [N] are the special
-    case of every position drawing the same ones."""
-    m = _tiny_model().eval()
-    h = torch.randn(2, 3, 16)
-    targets = torch.tensor([[1, 2, 0], [4, 0, 6]])
-    negs = torch.randint(1, 21, (2, 3, 5))
-    negs[0, 0, 0] = 1  # equals that position's target: masked
-    E = m.item_embedding_weight()
-    terms = []
-    for b, i in zip(*torch.nonzero(targets > 0, as_tuple=True)):
-        cand = [int(targets[b, i])] + [int(n) for n in negs[b, i] if n != targets[b, i]]
-        logits = E[cand] @ h[b, i]
-        terms.append(-torch.log_softmax(logits, 0)[0])
-    fn = get_loss("sampled_softmax")
-    torch.testing.assert_close(fn(m, h, targets, negatives=negs), torch.stack(terms).mean())
-    shared = torch.arange(11, 16)
-    torch.testing.assert_close(fn(m, h, targets, negatives=shared),
-                               fn(m, h, targets, negatives=shared.expand(2, 3, 5)))
-
-
 def test_draw_negatives_shapes():
-    from seqrec.train.batches import draw_negatives
+    from seqrec.data.batches import draw_negatives
 
     rng = np.random.default_rng(0)
     targets = torch.zeros(4, 7, dtype=torch.long)
     users = np.arange(1, 5)
-    assert draw_negatives("shared", users, targets, rng, None, 50, 9).shape == (9,)
-    per_pos = draw_negatives("shared", users, targets, rng, None, 50, 9, sharing="position")
-    assert per_pos.shape == (4, 7, 9) and int(per_pos.min()) >= 1 and int(per_pos.max()) <= 50
+    shared = draw_negatives("shared", users, targets, rng, None, 50, 9)
+    assert shared.shape == (9,) and int(shared.min()) >= 1 and int(shared.max()) <= 50
     assert draw_negatives("none", users, targets, rng, None, 50, 9) is None
 
 
@@ -185,7 +88,7 @@ def synthetic_ds(tmp_path_factory):
 
 
 def _cfg(ds, run_dir, **kw):
-    cli = {"dataset": str(ds.path), "train_dir": str(run_dir), "no_mhc": True, "maxlen": 20, "hidden_units": 32,
+    cli = {"dataset": str(ds.path), "train_dir": str(run_dir), "maxlen": 20, "hidden_units": 32,
            "num_heads": 2, "batch_size": 64, "num_epochs": 4, "warmup_steps": 0, "lr": 0.005, "progress": False,
            "eval_negatives": 20, "patience": 0, "device": "cpu", **kw}
     return resolve_config(cli)
@@ -208,19 +111,6 @@ def test_train_end_to_end_learns_and_writes_run_folder(synthetic_ds, tmp_path):
     best = max(epochs, key=lambda e: e["valid_ndcg@10"])
     assert res["best_epoch"] == best["epoch"]
     assert res["valid_full"]["ndcg@10"] == pytest.approx(best["valid_ndcg@10"], abs=1e-9)
-
-
-def test_sampled_softmax_per_position_trains_the_reference_code_setup(synthetic_ds, tmp_path):
-    """The RecTools/eSASRec "SASRec+SS" recipe end to end: reference-code blocks, Xavier
-    tables without the sqrt(d) scale, score dropout, 64 negatives drawn per position."""
-    torch.set_num_threads(1)
-    cfg = _cfg(synthetic_ds, tmp_path / "ss", model="sasrec", loss="sampled_softmax", num_negatives=64,
-               negative_sharing="position", block_form="sasrec", init_scheme="xavier", embed_scale=False,
-               score_dropout=0.1, num_heads=1, num_blocks=1, num_epochs=6, lr=0.01)
-    res = train(cfg, log=lambda *_: None)
-    assert res["test_full"]["hr@10"] > 0.3  # chance: 10/80
-    saved = yaml.safe_load((tmp_path / "ss" / "config.yaml").read_text())
-    assert (saved["negative_sharing"], saved["block_form"], saved["embed_scale"]) == ("position", "sasrec", False)
 
 
 def test_training_is_reproducible_with_a_seed(synthetic_ds, tmp_path):
@@ -269,13 +159,13 @@ def test_plateau_decay_scales_the_lr_after_stale_evaluations(synthetic_ds, tmp_p
     assert lrs == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10, 5e-10, 2.5e-10], rel=1e-9)
     epoch_lines = [m for m in logs if str(m).startswith("epoch ")]
     assert [i + 1 for i, m in enumerate(epoch_lines) if "lr x0.5 (plateau)" in m] == [3, 5]
-    state = torch.load(tmp_path / "p" / "last.pt", weights_only=False)["state"]
+    state = torch.load(tmp_path / "p" / "last.pt", weights_only=True)["state"]
     assert state["lr_scale"] == pytest.approx(0.25) and state["plateau_evals"] == 1
     # stopped after epoch 4 and resumed to 6: the plateau state comes back with the checkpoint
     cut = _cfg(synthetic_ds, tmp_path / "r", model="sasrec", loss="ce", num_epochs=4, lr=1e-9,
                lr_plateau_patience=2, lr_plateau_factor=0.5)
     train(cut, log=lambda *_: None)
-    train({**cut, "num_epochs": 6}, log=lambda *_: None, resume=True)
+    train(cut.replace(train={"num_epochs": 6}), log=lambda *_: None, resume=True)
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [e["lr"] for e in lines if e["kind"] == "epoch"] == pytest.approx(lrs, rel=1e-9)
 
@@ -288,8 +178,8 @@ def test_plateau_options_are_checked():
 
 
 def test_sampled_protocol_infeasibility_fails_before_training(synthetic_ds, tmp_path):
-    from seqrec.train.batches import SequenceBatcher
-    from seqrec.train.evaluation import evaluate
+    from seqrec.data.batches import SequenceBatcher
+    from seqrec.eval.evaluate import evaluate
     from seqrec.train.trainer import check_sampled_negatives
 
     ds = synthetic_ds

@@ -8,7 +8,7 @@ import torch
 
 from seqrec.data.datasets import prepare_dataset
 from seqrec.train import verify
-from seqrec.train.config import resolve_config
+from seqrec.config import resolve_config
 from seqrec.train.verify import Check, format_checks, preflight
 
 NAMES = ["dependencies", "optional extras", "device", "fused kernels", "config", "dataset", "checksums",
@@ -53,12 +53,12 @@ def test_all_checks_pass_on_a_tiny_config(dataset, tmp_path):
 
 
 def test_mhc_model_and_other_losses(dataset, tmp_path):
-    cfg = _cfg(dataset, tmp_path, model="sasrec", no_mhc=False, mhc_expansion_rate=2, loss="sampled_softmax",
+    cfg = _cfg(dataset, tmp_path, model="sasrec", no_mhc=None, mhc_expansion_rate=2, loss="sampled_softmax",
                num_negatives=16)
-    cfg = {**cfg, "mhc": True}
+    assert cfg.model.mhc.expansion_rate == 2
     by = _by_name(preflight(cfg, batch_sizes=(32,), log=None))
     assert all(c.ok for c in by.values()), format_checks(list(by.values()))
-    assert "mHC on (2 streams" in by["model"].detail
+    assert "sasrec + mHC (n=2)" in by["model"].detail
 
 
 def test_missing_dataset_fails_alone(tmp_path):
@@ -103,22 +103,15 @@ def test_cuda_requested_without_cuda(dataset, tmp_path):
     assert "checks ran on the CPU" in by["training step"].detail
 
 
-def test_unregistered_model_and_mhc_without_variant(dataset, tmp_path, monkeypatch):
-    by = _by_name(preflight(_cfg(dataset, tmp_path, model="nosuchmodel"), log=None))
-    assert not by["model"].ok and "sasrec" in by["model"].fix
-    # a registered model without mHC fields, asked for with mHC
-    from seqrec.models import registry
+def test_unregistered_model_and_mhc_without_variant(dataset, tmp_path, capsys):
+    from seqrec.cli import main
 
-    class Plain:  # stands in for a model class whose config has no mhc field
-        from dataclasses import make_dataclass
-
-        config_class = make_dataclass("PlainConfig", [("hidden_units", int, 8)])
-        uses_time = False
-        registry_name = "plain"
-
-    monkeypatch.setitem(registry._REGISTRY, "plain", Plain)
-    by = _by_name(preflight({**_cfg(dataset, tmp_path, model="plain"), "mhc": True}, log=None))
-    assert not by["model"].ok and by["model"].fix == "pass --no_mhc"
+    base = ["--dataset", str(dataset.path), "--train_dir", str(tmp_path / "r"), "--device", "cpu"]
+    assert main(["verify", "--model", "nosuchmodel", *base]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nosuchmodel'" in err and "sasrec" in err
+    assert main(["verify", "--model", "ss4rec", "--mhc", *base]) == 2  # no mHC variant: not even a flag
+    assert "--mhc" in capsys.readouterr().err
 
 
 def test_corrupted_dataset_fails_checksums(dataset, tmp_path):
@@ -127,7 +120,7 @@ def test_corrupted_dataset_fails_checksums(dataset, tmp_path):
     item = np.load(copy / "item.npy")
     item[0] = 1 if item[0] != 1 else 2
     np.save(copy / "item.npy", item)
-    cfg = {**_cfg(dataset, tmp_path), "dataset": str(copy)}
+    cfg = _cfg(dataset, tmp_path).replace(data={"dataset": str(copy)})
     by = _by_name(preflight(cfg, batch_sizes=(32,), log=None))
     assert not by["checksums"].ok and "checksum mismatch" in by["checksums"].detail
     assert "seqrec prepare" in by["checksums"].fix

@@ -1,7 +1,7 @@
 """Recommendations from a trained run, for scripts and services.
 
 >>> import seqrec.api
->>> rec = seqrec.api.load("runs/sasrec_ml-100k_ce")           # once (model in eval mode)
+>>> rec = seqrec.api.load("runs/sasrec_ml-100k")              # once (model in eval mode)
 >>> rec.recommend(user=196, k=5)                              # a user of the data set (raw id)
 >>> rec.recommend(history=[50, 172, 181], timestamps=[...])   # anyone, from raw item ids
 >>> rec.recommend_batch([196, 186, 22], k=10)                 # many users, one forward per chunk
@@ -12,7 +12,7 @@ model's score (higher is better), ``title`` the item's title when the data set h
 (MovieLens), else ``None``. The padding item 0 is never returned; with ``exclude_seen``
 the items of the history are never returned either.
 
-How the input is built (the same batch dict as :class:`seqrec.train.batches.SequenceBatcher`,
+How the input is built (the same batch dict as :class:`seqrec.data.batches.SequenceBatcher`,
 keys ``items``, ``users`` and, for time-aware models, ``timestamps``, ``next_timestamps``,
 ``time_scale``):
 
@@ -45,9 +45,10 @@ import numpy as np
 import polars as pl
 import torch
 
+from .config import RunConfig
+from .data.batches import gap_stats, window_positions
 from .data.store import SeqDataset
-from .train.batches import gap_stats, window_positions
-from .train.runs import load_run
+from .runs.load import load_run
 
 DAY = 86_400
 
@@ -162,12 +163,12 @@ class Recommender:
     ``maxlen``, ``uses_time``.
     """
 
-    def __init__(self, cfg: dict, dataset: SeqDataset, model: torch.nn.Module, device: torch.device):
+    def __init__(self, cfg: RunConfig, dataset: SeqDataset, model: torch.nn.Module, device: torch.device):
         self.cfg = cfg
         self.dataset = dataset
         self.model = model.eval()
         self.device = device
-        self.maxlen = int(cfg["maxlen"])
+        self.maxlen = int(cfg.data.maxlen)
         self.uses_time = bool(getattr(model, "uses_time", False))
         self.n_items = int(dataset.n_items)
         self._users = _IdMap(dataset.user_map(), "user", dataset.name)
@@ -264,7 +265,7 @@ class Recommender:
         if timestamps is None:
             if self.uses_time:
                 warnings.warn(
-                    f"{self.cfg.get('model')} is time-aware but no timestamps= were given: using one interaction "
+                    f"{self.cfg.model_name} is time-aware but no timestamps= were given: using one interaction "
                     "per day ending now (pass timestamps= in Unix seconds for real intervals)",
                     UserWarning, stacklevel=3)
             now = int(time.time())

@@ -104,50 +104,166 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _add_train(sub) -> None:
-    from .train.config import add_train_arguments
-
-    p = sub.add_parser(
-        "train",
-        help="train a model (SASRec, TiSASRec, ...) and evaluate it",
-        description="Train on the leave-one-out split, select the best epoch on validation, then evaluate "
-        "the test set once (full ranking and sampled negatives). Arguments follow the SASRec.pytorch seed's "
-        "table; a YAML --config may set any of them and the command line wins.",
-    )
-    add_train_arguments(p)
-    p.add_argument("--resume", metavar="DIR", help="continue a stopped or killed run from DIR/last.pt with its saved "
-                   "config (only --num_threads, --progress and --device may be changed)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --train_dir (deleted once "
-                   "the new run's config is written; without it such a folder is refused)")
-    p.set_defaults(func=cmd_train)
-
-
+RUN_COMMANDS = ("train", "verify")
 RESUMABLE_OVERRIDES = ("num_threads", "progress", "device")
+SECTION_TITLES = {"data": "data", "train": "training", "eval": "evaluation", "track": "tracking"}
 
 
-def cmd_train(args) -> int:
-    from .train.config import load_yaml, resolve_config
+def _add_run_stub(sub, name: str, help: str) -> None:
+    # `train` and `verify` parse their own arguments (the model decides which options exist):
+    # this entry only lists them in `seqrec --help`
+    sub.add_parser(name, help=help, add_help=False)
+
+
+def _bool(v: str) -> bool:
+    from .utils.options import coerce
+
+    try:
+        return coerce(v, bool, "value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_of(argv: list[str]) -> tuple[str, str | None]:
+    """Phase 1: the model whose options the full parser lists, from --model, else the
+    --config YAML's, else the seed's form (tisasrec; sasrec with --no_time)."""
+    from .config import SEED_MODEL, SEED_MODEL_NO_TIME, _dict_names_model, config_from_dict
+    from .models import get_model_class
+    from .utils.io import read_yaml
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    pre.add_argument("--config")
+    pre.add_argument("--no_time", action="store_true")
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv)
+    if known.model:
+        return get_model_class(known.model).registry_name, known.config
+    if known.config:
+        data = read_yaml(known.config)
+        if _dict_names_model(data):
+            return config_from_dict(data, f"{known.config}: ").model_name, known.config
+    return (SEED_MODEL_NO_TIME if known.no_time else SEED_MODEL), known.config
+
+
+def run_parser(command: str, model_name: str) -> argparse.ArgumentParser:
+    """The full parser of ``train`` / ``verify`` for ``model_name``: the seed's flags, then one
+    group per config section, the model's own options included."""
+    from .config import SEED_FLAGS, flag_table
+
+    descriptions = {
+        "train": "Train on the evaluation split, select the best epoch on validation, then evaluate the test set "
+                 "once (full ranking and sampled negatives). Settings come from the sections of a --config YAML "
+                 "(data, model, train, eval, track) and the flags below (the command line wins). "
+                 f"`seqrec train --model NAME --help` lists NAME's own options; these are {model_name}'s.",
+        "verify": "Check everything a long run needs before spending GPU time: dependencies and device (CUDA, AMP, "
+                  "fused kernels), dataset presence and checksums, one forward/backward/optimizer step on a real "
+                  "batch, peak memory per batch size against the device's memory, disk space for checkpoints. "
+                  "Exits 1 when any check fails. Takes the same settings as `seqrec train`.",
+    }
+    p = argparse.ArgumentParser(prog=f"seqrec {command}", description=descriptions[command])
+    p.add_argument("--config", help="YAML file with the sections data, model, train, eval, track (a flat file of "
+                   "the earlier layout is read too); the command line wins")
+    p.add_argument("--model", help=SEED_FLAGS["model"])
+    p.add_argument("--no_time", action="store_true", default=None, help=SEED_FLAGS["no_time"])
+    p.add_argument("--no_mhc", action="store_true", default=None, help=SEED_FLAGS["no_mhc"])
+    prof = p.add_mutually_exclusive_group()
+    prof.add_argument("--debug", action="store_true", help="debug profile: 512 random users, at most 2 epochs, "
+                      "autograd anomaly detection (src/seqrec/profiles/debug.yaml)")
+    prof.add_argument("--production", action="store_true", help="production profile: the pre-flight check first "
+                      "(a failed check stops the run), last.pt every --checkpoint_minutes (10), W&B online when "
+                      "WANDB_API_KEY is set (src/seqrec/profiles/production.yaml)")
+    if command == "train":
+        p.add_argument("--resume", metavar="DIR", help="continue a stopped or killed run from DIR/last.pt with its "
+                       "saved config (only --num_threads, --progress and --device may be changed)")
+        p.add_argument("--overwrite", action="store_true", help="replace the run already in --train_dir (deleted "
+                       "once the new run's config is written; without it such a folder is refused)")
+    groups = {s: p.add_argument_group(t) for s, t in SECTION_TITLES.items()}
+    groups["model"] = p.add_argument_group(f"model ({model_name})")
+    for name, (section, fl) in flag_table(model_name).items():
+        if name == "profile":
+            continue
+        kw = {"default": argparse.SUPPRESS, "help": f"{fl.help} (default: {fl.default})".replace("%", "%%")}
+        if fl.is_switch:
+            groups[section].add_argument(f"--{name}", action="store_true", **kw)
+            continue
+        if fl.type is bool:
+            kw.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+        else:
+            kw["type"] = fl.type
+        if fl.choices:
+            kw["choices"] = fl.choices
+        groups[section].add_argument(f"--{name}", **kw)
+    return p
+
+
+def _parse_run_args(command: str, argv: list[str]) -> tuple[argparse.Namespace, dict]:
+    """(namespace, the given config flags) of a ``train`` / ``verify`` command line."""
+    from .config import all_flag_names, flag_table
+
+    model_name, _ = _model_of(argv)
+    parser = run_parser(command, model_name)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        import difflib
+
+        bad = next((x for x in extra if x.startswith("-")), extra[0])
+        flag = bad.split("=")[0].lstrip("-")
+        table = flag_table(model_name)
+        if flag in all_flag_names() and flag not in table:
+            raise ValueError(f"--{flag} is not an option of {model_name} (`seqrec {command} --model {model_name} "
+                             "--help` lists its options)")
+        close = difflib.get_close_matches(flag, sorted(set(table) | {"config", "model", "resume", "overwrite"}), n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        raise ValueError(f"unrecognised argument {bad!r}{hint}")
+    skip = {"config", "debug", "production", "resume", "overwrite"}
+    flags = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    if args.debug or args.production:
+        flags["profile"] = "debug" if args.debug else "production"
+    return args, flags
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .config import resolve_config
+    from .runs.folder import RunFolder
     from .train.trainer import TrainingStopped, train
 
-    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "overwrite")}
+    args, flags = _parse_run_args("train", argv)
     log = functools.partial(print, flush=True)
     if args.resume:
-        run = Path(args.resume)
-        if not (run / "last.pt").exists() or not (run / "config.yaml").exists():
-            raise FileNotFoundError(f"{run} has no last.pt/config.yaml to resume from")
-        extra = set(cli) - set(RESUMABLE_OVERRIDES)
-        if extra:
+        extra = set(flags) - set(RESUMABLE_OVERRIDES)
+        if extra or args.config:
+            names = sorted(extra | ({"config"} if args.config else set()))
             raise ValueError(f"--resume uses the run's saved config; these cannot be changed: "
-                             f"{', '.join('--' + k for k in sorted(extra))}")
-        cfg = {**load_yaml(run / "config.yaml"), **cli, "train_dir": str(run)}
+                             f"{', '.join('--' + k for k in names)}")
+        folder = RunFolder(args.resume)
+        if not (folder / "last.pt").exists() or not folder.is_run():
+            raise FileNotFoundError(f"{folder.path} has no last.pt/config.yaml to resume from")
+        cfg = folder.config()
+        train_over = {k: flags[k] for k in ("num_threads", "device") if k in flags}
+        cfg = cfg.replace(train={**train_over, "train_dir": str(folder.path)},
+                          track={k: flags[k] for k in ("progress",) if k in flags})
     else:
-        cfg = resolve_config(cli)
+        cfg = resolve_config(flags, args.config)
     try:
-        train(cfg, log=log, resume=bool(args.resume), overwrite=args.overwrite)
+        train(cfg, log=log, resume=bool(args.resume), overwrite=bool(getattr(args, "overwrite", False)))
     except TrainingStopped as exc:
         print(f"seqrec train: {exc}", file=sys.stderr)
         return 3
     return 0
+
+
+def cmd_verify(argv: list[str]) -> int:
+    from .config import apply_profile, resolve_config
+    from .train.verify import format_checks, preflight
+
+    args, flags = _parse_run_args("verify", argv)
+    cfg = apply_profile(resolve_config(flags, args.config))
+    if not cfg.train.train_dir:
+        cfg = cfg.replace(train={"train_dir": "runs/verify"})
+    checks = preflight(cfg, log=None)
+    print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def _add_evaluate(sub) -> None:
@@ -158,7 +274,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--negatives", type=int, help="sampled protocol negatives (0 skips it; default: the run's "
                    "--eval_negatives)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    from .train.config import NEXT_TIMES
+    from .data.batches import NEXT_TIMES
 
     p.add_argument("--next_time", choices=NEXT_TIMES,
                    help="time-aware models: the held-out item's time given to the model (default: the run's "
@@ -167,7 +283,7 @@ def _add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .train.runs import evaluate_run
+    from .runs.load import evaluate_run
 
     evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split, n_negatives=args.negatives,
                  device=args.device, next_time=args.next_time)
@@ -193,7 +309,7 @@ def _add_compare(sub) -> None:
 def cmd_compare_paired(args) -> int:
     import json
 
-    from .train.runs import paired_compare
+    from .runs.load import paired_compare
 
     if len(args.runs) != 2:
         raise ValueError(f"--paired compares exactly two runs (A B), got {len(args.runs)}")
@@ -244,34 +360,6 @@ def cmd_compare(args) -> int:
             with atomic_path(path) as tmp:
                 tmp.write_text(text)
     return 0
-
-
-def _add_verify(sub) -> None:
-    from .train.config import add_train_arguments
-
-    p = sub.add_parser(
-        "verify",
-        help="pre-flight check of a training config (deps, device, data, one step, memory, disk)",
-        description="Check everything a long run needs before spending GPU time: dependencies and device "
-        "(CUDA, AMP, fused kernels), dataset presence and checksums, one forward/backward/optimizer step on a "
-        "real batch, peak memory per batch size against the device's memory, disk space for checkpoints. "
-        "Exits 1 when any check fails.",
-    )
-    add_train_arguments(p)
-    p.set_defaults(func=cmd_verify)
-
-
-def cmd_verify(args) -> int:
-    from .train.config import resolve_config
-    from .train.verify import format_checks, preflight
-
-    cli = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    cfg = resolve_config(cli)
-    if not cfg.get("train_dir"):
-        cfg["train_dir"] = "runs/verify"
-    checks = preflight(cfg, log=None)
-    print(format_checks(checks))
-    return 0 if all(c.ok for c in checks) else 1
 
 
 def _add_recommend(sub) -> None:
@@ -343,18 +431,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_prepare, _add_info, _add_export, _add_verify, _add_train, _add_evaluate, _add_recommend,
-             _add_compare, _add_report]
+_COMMANDS = [_add_prepare, _add_info, _add_export,
+             lambda sub: _add_run_stub(sub, "verify", "pre-flight check of a training config (deps, device, data, "
+                                       "one step, memory, disk)"),
+             lambda sub: _add_run_stub(sub, "train", "train a model (SASRec, TiSASRec, SS4Rec, ...) and evaluate it; "
+                                       "`seqrec train --model NAME --help` lists NAME's options"),
+             _add_evaluate, _add_recommend, _add_compare, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RUN_COMMANDS:
+        command, run = argv[0], {"train": cmd_train, "verify": cmd_verify}[argv[0]]
+        return _guarded(command, lambda: run(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    return _guarded(args.command, lambda: args.func(args))
+
+
+def _guarded(command: str, fn) -> int:
+    """Run a command; every user-facing error becomes one line and a non-zero exit."""
     try:
-        return int(args.func(args) or 0)
+        return int(fn() or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -365,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # every user-facing error: one line, no traceback (SEQREC_DEBUG=1 shows it)
         if os.environ.get("SEQREC_DEBUG", "") not in ("", "0"):
             raise
-        print(f"seqrec {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        print(f"seqrec {command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

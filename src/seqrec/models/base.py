@@ -15,54 +15,80 @@ never reads padding; hidden states at padding positions are zero.
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from seqrec.models.layers.dropout import dropout
+from seqrec.utils import options
+
+
+#: Seconds per time unit: the ``time_unit`` option of the time-aware models (TiSASRec's interval
+#: granularity, SS4Rec's unit of the S5 gaps).
+TIME_UNITS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 class SequentialRecommender(nn.Module):
     """Base class: tied-embedding scoring on top of a per-position hidden state.
 
-    Subclasses set ``config_class`` (a dataclass) and ``uses_time`` and implement
-    :meth:`forward` and :meth:`item_embedding_weight`; they may extend
-    :meth:`validate_config`.
+    Subclasses set ``config_class`` (a dataclass of :func:`seqrec.utils.options.opt` fields:
+    the model's own options, defaults and checks) and ``uses_time``, implement
+    :meth:`forward` and :meth:`item_embedding_weight`, and may extend
+    :meth:`validate_config` with checks across fields. ``maxlen``: the longest window the
+    model will see (the size of its position tables, if any).
     """
 
     config_class: ClassVar[type] = None  # type: ignore[assignment]
     uses_time: ClassVar[bool] = False
     registry_name: ClassVar[str] = ""  # set by @register_model
 
-    def __init__(self, n_items: int, config: Any = None):
+    def __init__(self, n_items: int, config: Any = None, maxlen: int = 200):
         super().__init__()
         if config is None:
             config = self.config_class()
         if not isinstance(n_items, int) or n_items < 1:
             raise ValueError(f"n_items must be a positive int, got {n_items!r}")
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
+            raise ValueError(f"--maxlen must be a positive integer, got {maxlen!r}")
         self.validate_config(config)
         self.n_items = n_items
+        self.maxlen = maxlen
         self.config = config
 
     # --- configuration -------------------------------------------------------------------
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        """Raise ``ValueError`` saying what to change if ``cfg`` is unusable."""
+        """Raise ``ValueError`` saying what to change if ``cfg`` is unusable: every field's
+        type, choices and range (declared on the field); subclasses add checks across fields."""
         if cls.config_class is not None and not isinstance(cfg, cls.config_class):
             raise ValueError(
                 f"{cls.__name__} expects a {cls.config_class.__name__}, got {type(cfg).__name__}"
             )
-        p = getattr(cfg, "score_dropout", 0.0)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"score_dropout must be in [0, 1), got {p!r}: change --score_dropout")
+        options.check(cfg)
 
     @classmethod
-    def config_from_kwargs(cls, **kwargs: Any):
-        """Build ``config_class`` from a flat dict, ignoring keys it does not define."""
-        names = {f.name for f in dataclasses.fields(cls.config_class)}
-        return cls.config_class(**{k: v for k, v in kwargs.items() if k in names})
+    def config_from_options(cls, **values: Any):
+        """``config_class`` from options spelled as the command-line flags (``hidden_units=64``,
+        ``mhc=True``, ``mhc_expansion_rate=2``); an unknown name fails with the closest one."""
+        known = {f.name for f in options.flags(cls.config_class)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"model {cls.registry_name or cls.__name__!r} has no option {key!r}{hint}")
+        return options.from_flags(cls.config_class, values)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters weight decay must skip: every vector or scalar (biases,
+        norms, gates) and what a module lists in its ``no_decay`` attribute."""
+        out = set()
+        for mname, module in self.named_modules():
+            declared = getattr(module, "no_decay", ())
+            for pname, p in module.named_parameters(recurse=False):
+                if p.ndim < 2 or pname in declared:
+                    out.add(f"{mname}.{pname}" if mname else pname)
+        return out
 
     # --- model ---------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
@@ -75,10 +101,8 @@ class SequentialRecommender(nn.Module):
 
     # --- scoring -------------------------------------------------------------------------
     def output_embedding(self) -> Tensor:
-        """The item table the scores use: :meth:`item_embedding_weight`, with dropout of rate
-        ``config.score_dropout`` (when the config has one and is > 0) in training mode only
-        (RecTools/eSASRec regularise the scoring side this way). Evaluation never sees it."""
-        return dropout(self.item_embedding_weight(), getattr(self.config, "score_dropout", 0.0), self.training)
+        """The item table the scores use (tied to the input embedding)."""
+        return self.item_embedding_weight()
 
     def score_all(self, hidden: Tensor) -> Tensor:
         """Scores of every item, ``[..., D] -> [..., n_items + 1]``.
@@ -120,20 +144,14 @@ class SequentialRecommender(nn.Module):
             return self.score_all(hidden.to(self.output_embedding().dtype))
 
 
-def init_transformer_weights(module: nn.Module, std: float, scheme: str = "normal") -> None:
-    """Initialisation shared by the transformer models (applied with ``Module.apply``).
-
-    * ``Linear``: Xavier-uniform weight, zero bias (as in the SASRec/TiSASRec code bases,
-      which Xavier-initialise their parameters);
-    * ``Embedding`` with ``scheme="xavier"`` (the transformer models' default):
-      Xavier-normal, std ``sqrt(2 / (rows + D))``, as the SASRec/TiSASRec reference code
-      initialises every table -- item vectors start small and, after the ``sqrt(D)`` input
-      scaling, at a scale comparable to the position vectors; with ``scheme="normal"``:
-      ``Normal(0, std)`` (the models pass ``std = init_std or D ** -0.5``: item vectors
-      with unit expected norm, unit-variance components after the input scaling, which
-      makes the position vectors ``sqrt(D)`` times smaller). Padding row zero either way;
-    * ``LayerNorm``: weight 1, bias 0.
-    """
+def init_transformer_weights(module: nn.Module, std: float = 0.0, scheme: str = "xavier") -> None:
+    """Initialisation shared by the transformer models (applied with ``Module.apply``):
+    ``Linear`` Xavier-uniform weight and zero bias; ``Embedding`` Xavier-normal with
+    ``scheme="xavier"`` (the reference code's: std ``sqrt(2 / (rows + D))``, item vectors start
+    small and, after the ``sqrt(D)`` input scaling, at a scale comparable to the position
+    vectors), or ``Normal(0, std)`` with ``scheme="normal"`` (the models pass
+    ``hidden_units ** -0.5``: item vectors of unit expected norm); the padding row zero;
+    ``LayerNorm`` weight 1, bias 0."""
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:

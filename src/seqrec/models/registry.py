@@ -1,4 +1,4 @@
-"""Name -> model class registry; :func:`build_model` turns a flat argument dict into a model."""
+"""Name -> model class registry; :func:`build_model` builds a registered model."""
 
 from __future__ import annotations
 
@@ -40,12 +40,16 @@ def get_model_class(name: str) -> type[SequentialRecommender]:
         ) from None
 
 
-def build_model(name: str, n_items: int, **kwargs: Any) -> SequentialRecommender:
-    """Build model ``name`` for ``n_items`` items from a flat dict of arguments.
+def build_model(name: str, n_items: int, maxlen: int = 200, config: Any = None, **options: Any) -> SequentialRecommender:
+    """Build model ``name`` for ``n_items`` items and windows up to ``maxlen``.
 
-    Keys the model's config dataclass does not define are ignored (the trainer passes all
-    of its arguments); invalid values raise ``ValueError`` saying what to change.
+    Either ``config`` (the model's config dataclass) or ``options`` spelled as the command-line
+    flags (``hidden_units=64``, ``mhc=True``, ``mhc_expansion_rate=2``); unknown names and
+    invalid values raise ``ValueError`` saying what to change.
     """
     cls = get_model_class(name)
-    config = cls.config_from_kwargs(**kwargs)
-    return cls(n_items, config)
+    if config is None:
+        config = cls.config_from_options(**options)
+    elif options:
+        raise ValueError("pass either config= or options, not both")
+    return cls(n_items, config, maxlen)

@@ -8,7 +8,6 @@ Architecture (config names in brackets; defaults are the official ``config_ml.ya
     repeat num_blocks times (SSBlock, post-norm residuals, one LayerNorm per block):
         h = LN(h + Dropout(S5(h, dt)))          time-aware SSM      (skipped: mamba_only)
         h = LN(h + Dropout(Mamba(h)))           relation-aware SSM  (skipped: s5_only)
-        (ffn: h = LN'(h + FFN(h)))               Mamba4Rec's feed-forward, off by default
     output h [B, L, hidden_units]; scores = h @ E^T (tied, base class)
 
 * **S5** (:class:`seqrec.models.ssm.S5`): ``s5_state`` complex diagonal states, HiPPO-LegS
@@ -25,8 +24,6 @@ Architecture (config names in brackets; defaults are the official ``config_ml.ya
   ``softplus(0) = 0.69`` instead of mamba_ssm's log-uniform [0.001, 0.1]); LayerNorm 1/0.
   S5's parameters, Mamba's ``A_log``, ``D`` and its conv keep their own initialisation.
   We additionally zero the padding row of the embedding.
-  ``init_std`` > 0 draws the item table from ``Normal(0, init_std)`` instead (deviation, off
-  by default; ``hidden_units ** -0.5`` is SASRec's ``init_scheme normal`` scale).
 
 Time gaps. Position ``i`` uses ``dt_i = t_{i+1} - t_i``, the gap to the *next* event:
 ``batch["next_timestamps"] - batch["timestamps"]``; at the last position that is the gap
@@ -34,7 +31,7 @@ to the target's timestamp, as the official code does (it sets the last real posi
 interval to ``pos_timestamp - t_last``). The S5 state after position ``i`` is thus the
 state evolved to the time of the item being predicted; the paper's setting assumes the
 time of the next interaction is known when recommending (time-specific recommendation).
-Gaps are computed in int64 and converted to ``time_scale`` units in float64 before the
+Gaps are computed in int64 and converted to ``time_unit`` units in float64 before the
 cast to the model dtype; negative gaps (unsorted data) are clamped to 0; padding gets 0.
 Without ``next_timestamps`` in the batch the gaps are taken from ``timestamps`` alone
 (``t_{i+1} - t_i``) and the last position's gap is 0.
@@ -46,12 +43,13 @@ Causality. The output at position ``i`` depends on items at positions ``<= i`` a
 Mamba conv output, so no state accumulates there: outputs at real positions do not depend
 on how much left padding a batch carries, and padding rows are zero.
 
-``time_scale`` (seconds | minutes | hours | days, the unit of ``dt``; unrelated to the
-batch's per-user ``time_scale`` entry, which SS4Rec ignores). Default **seconds**: the
+``time_unit`` (second | minute | hour | day, the unit of ``dt``, as TiSASRec's ``time_unit`` is
+its intervals'; unrelated to the batch's per-user ``time_scale`` entry, which SS4Rec ignores).
+Default **second**: the
 official code feeds RecBole's raw Unix-second timestamps (``normalize_all: None``) into
 S5, so the published step range [0.001, 0.1] was tuned for gaps in seconds (a 1-hour gap
 with ``step = 0.01`` and ``Re(Lambda) = -0.5`` decays the state by ``e^-18``; within-
-session gaps of seconds to minutes carry information). With ``days`` the same step range
+session gaps of seconds to minutes carry information). With ``day`` the same step range
 keeps memory over days to months but writes near-zero input for gaps of seconds
 (``Bbar ~ dt``); choose per dataset.
 
@@ -72,26 +70,17 @@ Deviations from the official code (XiaoWei-i/SS4Rec, ``SS4Rec.py``):
   other sub-layer.
 * **Embedding dropout/LayerNorm**: defined but commented out in the official ``forward``;
   ``embed_norm=True`` turns them on (Mamba4Rec's order: dropout, then LayerNorm).
-* **Feed-forward** (``ffn=True``, off by default): the official block has none; Mamba4Rec
-  (Liu et al., 2024) follows its Mamba layer with a post-norm point-wise feed-forward
-  (``Linear(D, 4D) -> GELU -> Dropout -> Linear(4D, D) -> Dropout``, its own LayerNorm),
-  as the transformer blocks of SASRec have one.
 * **S5 internals** (:mod:`seqrec.models.ssm.s5`): same maths and initialisation as
   s5-pytorch 0.2.1 (which the official code uses), but ``Re(Lambda)`` is clipped to
   ``<= -1e-4`` (S5's ``clip_eigs``; unconstrained in s5-pytorch, where a positive real part
   would overflow for long gaps), ``Bbar`` is never materialised, and ``Abar - 1`` uses
   ``expm1``.
 * **Gap floor** (``min_gap`` > 0, off by default): gaps at real positions below
-  ``min_gap`` (in ``time_scale`` units) are raised to it. With the official zero-order hold
+  ``min_gap`` (in ``time_unit`` units) are raised to it. With the official zero-order hold
   a gap of 0 gives ``gamma = 0``, so an item that shares its successor's timestamp is never
   written into the S5 state (only the ``D * u`` skip and the Mamba layer see it); on
   day-resolution data (Amazon) that is almost half of all positions. A floor of half the
   resolution (``0.5`` days) is the mean of a gap known only to lie in ``[0, 1)`` day.
-* **Impulse discretization** (``s5_discretization="impulse"``, off by default): each item is
-  written into the S5 state with unit weight at its own time and decays over its gap
-  (``x_i = Abar_i (x_{i-1} + B u_i)``), instead of zero-order hold's weight ``gamma_i``, which
-  is 0 for a gap of 0. Same-day items (the target included, when it shares the last item's
-  day) then reach the state. See :mod:`seqrec.models.ssm.s5`.
 """
 
 from __future__ import annotations
@@ -102,39 +91,36 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from seqrec.models.base import SequentialRecommender
+from seqrec.models.base import TIME_UNITS, SequentialRecommender
 from seqrec.models.layers.dropout import Dropout
-from seqrec.models.layers.feedforward import PointWiseFeedForward
 from seqrec.models.layers.residual import apply_mask
 from seqrec.models.registry import register_model
 from seqrec.models.ssm import S5, Mamba
-from seqrec.models.ssm.s5 import DISCRETIZATIONS
+from seqrec.utils.options import opt
 
-TIME_SCALES: dict[str, int] = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 ABLATIONS = ("full", "s5_only", "mamba_only")
 
 
 @dataclass
 class SS4RecConfig:
-    hidden_units: int = 64
-    num_blocks: int = 2
-    dropout_rate: float = 0.2
-    maxlen: int = 200  # window length of the batches (no position table: any L works)
-    s5_state: int = 32  # S5 complex state size P (official d_P)
-    d_state: int = 32  # Mamba state size N
-    d_conv: int = 4  # Mamba causal conv width
-    expand: int = 2  # Mamba inner width = expand * hidden_units
-    dt_min: float = 0.001  # S5 initial step range (per state, log-uniform)
-    dt_max: float = 0.1
-    time_scale: str = "seconds"  # unit of the S5 time gaps: seconds | minutes | hours | days
-    ablation: str = "full"  # full | s5_only | mamba_only
-    use_fast_path: bool = True  # mamba_ssm's fused selective scan on CUDA when installed
-    embed_norm: bool = False  # dropout + LayerNorm on the item embeddings (off: official code)
-    score_dropout: float = 0.0  # dropout on the item table used for scoring, training only (RecTools/eSASRec)
-    ffn: bool = False  # post-norm point-wise feed-forward (4x, GELU) after each block's Mamba (Mamba4Rec; off: official)
-    init_std: float = 0.0  # std of the Normal init of the item table; 0 = 0.02 (official)
-    min_gap: float = 0.0  # floor on S5 gaps at real positions, in time_scale units; 0 = none (official)
-    s5_discretization: str = "zoh"  # zoh (official: a gap of 0 writes nothing) | impulse (each item written, then decayed)
+    """SS4Rec's options; the defaults are the official ``config_ml.yaml``."""
+
+    hidden_units: int = opt(64, "hidden dimension", low=1)
+    num_blocks: int = opt(2, "number of SS blocks (S5 then Mamba)", low=1)
+    dropout_rate: float = opt(0.2, "dropout", low=0, high=1, high_open=True)
+    s5_state: int = opt(32, "S5 complex state size P (official d_P)", low=1)
+    d_state: int = opt(32, "Mamba state size N", low=1)
+    d_conv: int = opt(4, "Mamba causal conv width", low=1)
+    expand: int = opt(2, "Mamba inner width = expand * hidden_units", low=1)
+    dt_min: float = opt(0.001, "S5 initial step range, lower end (per state, log-uniform)", low=0, low_open=True)
+    dt_max: float = opt(0.1, "S5 initial step range, upper end", low=0, low_open=True)
+    time_unit: str = opt("second", "unit of the S5 time gaps (the official code: raw Unix seconds)",
+                         choices=tuple(TIME_UNITS))
+    ablation: str = opt("full", "full, s5_only or mamba_only", choices=ABLATIONS)
+    use_fast_path: bool = opt(True, "mamba_ssm's fused selective scan on CUDA when installed")
+    embed_norm: bool = opt(False, "dropout + LayerNorm on the item embeddings (off: the official code)")
+    min_gap: float = opt(0.0, "floor on the S5 gaps at real positions, in time_unit units (0: none, the official "
+                         "code)", low=0)
 
 
 def time_gaps(timestamps: Tensor, next_timestamps: Tensor | None, valid: Tensor, unit_seconds: int) -> Tensor:
@@ -161,56 +147,18 @@ class SSBlock(nn.Module):
     def __init__(self, cfg: SS4RecConfig):
         super().__init__()
         d = cfg.hidden_units
-        self.s5 = (S5(d, cfg.s5_state, cfg.dt_min, cfg.dt_max, discretization=cfg.s5_discretization)
-                   if cfg.ablation != "mamba_only" else None)
+        self.s5 = S5(d, cfg.s5_state, cfg.dt_min, cfg.dt_max) if cfg.ablation != "mamba_only" else None
         self.mamba = (Mamba(d, cfg.d_state, cfg.d_conv, cfg.expand, use_fast_path=cfg.use_fast_path)
                       if cfg.ablation != "s5_only" else None)
         self.dropout = Dropout(cfg.dropout_rate)
         self.norm = nn.LayerNorm(d, eps=1e-12)  # shared by both residuals (official SSBlock)
-        # Mamba4Rec's feed-forward (dropout inside) with its own LayerNorm; None when off
-        self.ffn = PointWiseFeedForward(d, 4 * d, cfg.dropout_rate, "gelu") if cfg.ffn else None
-        self.ffn_norm = nn.LayerNorm(d, eps=1e-12) if cfg.ffn else None
 
     def forward(self, x: Tensor, dt: Tensor | None, valid: Tensor) -> Tensor:
         if self.s5 is not None:
             x = apply_mask(self.norm(x + self.dropout(self.s5(x, dt))), valid)
         if self.mamba is not None:
             x = apply_mask(self.norm(x + self.dropout(self.mamba(x, valid))), valid)
-        if self.ffn is not None:
-            x = apply_mask(self.ffn_norm(x + self.ffn(x)), valid)
         return x
-
-
-def _check_config(cfg: SS4RecConfig) -> None:
-    for name in ("hidden_units", "num_blocks", "maxlen", "s5_state", "d_state", "d_conv", "expand"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}: change --{name}")
-    if not 0.0 <= float(cfg.dropout_rate) < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {cfg.dropout_rate!r}: change --dropout_rate")
-    for name in ("dt_min", "dt_max"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}: change --{name}")
-    if cfg.dt_min > cfg.dt_max:
-        raise ValueError(f"dt_min ({cfg.dt_min}) must be <= dt_max ({cfg.dt_max}): change --dt_min or --dt_max")
-    if cfg.time_scale not in TIME_SCALES:
-        raise ValueError(f"time_scale must be one of {tuple(TIME_SCALES)}, got {cfg.time_scale!r}: "
-                         "change --time_scale")
-    if cfg.s5_discretization not in DISCRETIZATIONS:
-        raise ValueError(f"s5_discretization must be one of {DISCRETIZATIONS}, got {cfg.s5_discretization!r}: "
-                         "change --s5_discretization")
-    if cfg.ablation not in ABLATIONS:
-        raise ValueError(f"ablation must be one of {ABLATIONS}, got {cfg.ablation!r}: change --ablation")
-    gap = cfg.min_gap
-    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 <= gap < math.inf:
-        raise ValueError(f"min_gap must be a finite number >= 0 (0: no floor), got {gap!r}: change --min_gap")
-    std = cfg.init_std
-    if isinstance(std, bool) or not isinstance(std, (int, float)) or std < 0:
-        raise ValueError(f"init_std must be >= 0 (0: the official 0.02), got {std!r}: change --init_std")
-    for name in ("use_fast_path", "embed_norm", "ffn"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}: change --{name}")
 
 
 @register_model("ss4rec")
@@ -221,8 +169,8 @@ class SS4Rec(SequentialRecommender):
     config_class = SS4RecConfig
     uses_time = True
 
-    def __init__(self, n_items: int, config: SS4RecConfig | None = None):
-        super().__init__(n_items, config)
+    def __init__(self, n_items: int, config: SS4RecConfig | None = None, maxlen: int = 200):
+        super().__init__(n_items, config, maxlen)  # no position table: any window length works
         c = self.config
         d = c.hidden_units
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
@@ -231,10 +179,6 @@ class SS4Rec(SequentialRecommender):
             self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.blocks = nn.ModuleList(SSBlock(c) for _ in range(c.num_blocks))
         self.apply(self._init_weights)
-        if c.init_std:  # the item table's own scale (scores use it too: it sets the initial logits)
-            with torch.no_grad():
-                nn.init.normal_(self.item_emb.weight, mean=0.0, std=float(c.init_std))
-                self.item_emb.weight[0].zero_()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -253,7 +197,8 @@ class SS4Rec(SequentialRecommender):
     @classmethod
     def validate_config(cls, cfg: SS4RecConfig) -> None:
         super().validate_config(cfg)
-        _check_config(cfg)
+        if cfg.dt_min > cfg.dt_max:
+            raise ValueError(f"dt_min ({cfg.dt_min}) must be <= dt_max ({cfg.dt_max}): change --dt_min or --dt_max")
 
     def item_embedding_weight(self) -> Tensor:
         return self.item_emb.weight
@@ -265,7 +210,7 @@ class SS4Rec(SequentialRecommender):
             raise ValueError("SS4Rec needs batch['timestamps'] (the data has no times?): use a dataset "
                              "with timestamps, or --ablation mamba_only")
         gaps = time_gaps(batch["timestamps"], batch.get("next_timestamps"), valid,
-                         TIME_SCALES[self.config.time_scale])
+                         TIME_UNITS[self.config.time_unit])
         if self.config.min_gap:  # real positions only: padding keeps dt = 0
             gaps = torch.where(valid, gaps.clamp_min(float(self.config.min_gap)), gaps)
         return gaps.to(torch.float64 if dtype == torch.float64 else torch.float32)
@@ -277,7 +222,7 @@ class SS4Rec(SequentialRecommender):
         if self.config.embed_norm:
             h = self.emb_norm(self.emb_dropout(h))
         h = apply_mask(h, valid)
-        dt = self._gaps(batch, valid, h.dtype)  # (B, L) in time_scale units
+        dt = self._gaps(batch, valid, h.dtype)  # (B, L) in time_unit units
         for block in self.blocks:
             h = block(h, dt, valid)
         return h  # (B, L, D), zero at padding

@@ -9,9 +9,8 @@ added to the input, as in the paper), ``RK, RV`` interval embeddings with
 ``time_span + 1`` rows. ``PK, PV, RK, RV`` are shared by all blocks (as in the reference
 code). Positions are counted from the right end of the window, exactly as in
 :mod:`seqrec.models.sasrec`, as are the pre-/post-LN placement, the causal/padding mask,
-the final LayerNorm, the initialisation (``init_scheme``), the input scale (``embed_scale``),
-the block form (``block_form``) and the optional mHC residual (``mhc=True``, see
-:mod:`seqrec.models.layers.mhc`).
+the final LayerNorm, the initialisation (``init_scheme``), the ``sqrt(D)`` input scale and the optional mHC
+residual (an ``mhc`` section, see :mod:`seqrec.models.layers.mhc`).
 
 Relation matrix (:func:`time_interval_matrix`, built on the fly, vectorised):
 
@@ -48,24 +47,14 @@ import torch
 from torch import Tensor, nn
 
 from seqrec.models.layers.dropout import Dropout, dropout
-from seqrec.models.base import SequentialRecommender
+from seqrec.models.base import TIME_UNITS, SequentialRecommender
 from seqrec.models.layers.attention import TimeIntervalSelfAttention, causal_padding_mask
-from seqrec.models.layers.residual import (
-    Residual,
-    ResidualFactory,
-    apply_mask,
-)
+from seqrec.models.layers.mhc import residual_from_config
+from seqrec.models.layers.residual import Residual, ResidualFactory, apply_mask
 from seqrec.models.registry import register_model
-from seqrec.models.sasrec import (
-    SASRecConfig,
-    block_residual,
-    check_transformer_config,
-    init_weights,
-    position_ids,
-    transformer_blocks,
-)
+from seqrec.models.sasrec import SASRecConfig, check_transformer_config, init_weights, right_positions, transformer_blocks
+from seqrec.utils.options import opt
 
-TIME_UNITS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 _BIG = torch.iinfo(torch.int64).max
 
@@ -128,9 +117,12 @@ def _causal_min_gap(dist: Tensor, pair: Tensor) -> Tensor:
 
 @dataclass
 class TiSASRecConfig(SASRecConfig):
-    time_span: int = 100  # intervals are clipped to [0, time_span]
-    time_unit: str = "hour"  # second / minute / hour / day: interval granularity
-    time_personalize: bool = True  # divide intervals by the user's smallest gap
+    """SASRec's options plus the time intervals'."""
+
+    time_span: int = opt(100, "intervals are clipped to this many units", low=1)
+    time_unit: str = opt("hour", "unit of the time intervals", choices=tuple(TIME_UNITS))
+    time_personalize: bool = opt(True, "divide intervals by the user's smallest gap (the paper's personalised "
+                                 "intervals)")
 
 
 @register_model("tisasrec")
@@ -142,16 +134,16 @@ class TiSASRec(SequentialRecommender):
     uses_time = True
     residual_cls: ResidualFactory | type[nn.Module] = Residual  # default without mHC
 
-    def __init__(self, n_items: int, config: TiSASRecConfig | None = None, residual_cls=None):
-        super().__init__(n_items, config)
+    def __init__(self, n_items: int, config: TiSASRecConfig | None = None, maxlen: int = 200, residual_cls=None):
+        super().__init__(n_items, config, maxlen)
         c = self.config
         d = c.hidden_units
-        self.residual_cls = block_residual(c, residual_cls)  # Residual, SASRecCodeResidual or mHC
+        self.residual_cls = residual_from_config(c.mhc, residual_cls)  # Residual or mHC
         self.unit_seconds = TIME_UNITS[c.time_unit]
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
-        self.input_scale = math.sqrt(d) if c.embed_scale else 1.0
-        self.pos_k_emb = nn.Embedding(c.maxlen, d)
-        self.pos_v_emb = nn.Embedding(c.maxlen, d)
+        self.input_scale = math.sqrt(d)
+        self.pos_k_emb = nn.Embedding(maxlen, d)
+        self.pos_v_emb = nn.Embedding(maxlen, d)
         self.rel_k_emb = nn.Embedding(c.time_span + 1, d)
         self.rel_v_emb = nn.Embedding(c.time_span + 1, d)
         self.emb_norm = nn.LayerNorm(d) if c.embed_norm else nn.Identity()
@@ -164,16 +156,6 @@ class TiSASRec(SequentialRecommender):
     def validate_config(cls, cfg: TiSASRecConfig) -> None:
         super().validate_config(cfg)
         check_transformer_config(cfg)
-        span = cfg.time_span
-        if isinstance(span, bool) or not isinstance(span, int) or span < 1:
-            raise ValueError(
-                f"time_span must be a positive integer, got {span!r}: change --time_span"
-            )
-        if cfg.time_unit not in TIME_UNITS:
-            raise ValueError(
-                f"time_unit must be one of {tuple(TIME_UNITS)}, got {cfg.time_unit!r}: "
-                "change --time_unit"
-            )
 
     def item_embedding_weight(self) -> Tensor:
         return self.item_emb.weight
@@ -204,7 +186,7 @@ class TiSASRec(SequentialRecommender):
         p = c.dropout_rate if self.training else 0.0
         valid = items != 0  # (B, L)
         relation = self.relation_matrix(batch, valid)  # (B, L, L)
-        pos = position_ids(valid, c.maxlen, c.positions)  # (L,) or (B, L)
+        pos = right_positions(L, self.maxlen, items.device)  # (L,)
         h = apply_mask(self.emb_dropout(self.emb_norm(self.item_emb(items) * self.input_scale)), valid)
         pos_k = dropout(self.pos_k_emb(pos).expand(B, L, d), p, self.training)  # (B, L, D)
         pos_v = dropout(self.pos_v_emb(pos).expand(B, L, d), p, self.training)

@@ -4,30 +4,36 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
-from ..utils.io import read_yaml
+from ..runs.folder import RunFolder
 
-SETTINGS = ("model", "dataset", "loss", "maxlen", "hidden_units", "num_blocks", "dropout_rate", "mhc", "time_unit")
+#: The run settings every row shows (by flag name); then each model option that differs between
+#: the runs compared (any model's, read from its config: nothing here names one).
+RUN_SETTINGS = ("dataset", "loss", "maxlen")
 METRICS = (("test_full", "hr@10"), ("test_full", "ndcg@10"), ("test_sampled", "hr@10"), ("test_sampled", "ndcg@10"))
 
 
 def load_runs(dirs: list[str | Path], skipped: list[Path] | None = None) -> list[dict]:
     """One row per run folder. With a ``skipped`` list, paths that are not run folders (e.g.
     the log files a ``runs/*`` glob also matches) are appended to it instead of raising."""
-    rows = []
+    runs = []
     for d in dirs:
-        d = Path(d)
-        if not (d / "config.yaml").exists():
+        folder = RunFolder(d)
+        if not folder.is_run():
             if skipped is not None:
-                skipped.append(d)
+                skipped.append(folder.path)
                 continue
-            raise FileNotFoundError(f"{d} is not a seqrec run folder (no config.yaml)")
-        cfg = read_yaml(d / "config.yaml")
-        res_path = d / "test_metrics.json"
-        res = json.loads(res_path.read_text()) if res_path.exists() else {}
-        row = {"run": d.name, **{k: cfg.get(k) for k in SETTINGS}}
+            folder.require()
+        runs.append((folder, folder.config(), folder.test_metrics() or {}))
+    options = [cfg.model_flags() for _, cfg, _ in runs]
+    names = list(dict.fromkeys(k for o in options for k in o))
+    differing = [k for k in names if len({repr(o.get(k)) for o in options}) > 1]
+    rows = []
+    for (folder, cfg, res), opts in zip(runs, options):
+        flags = cfg.flags()
+        row = {"run": folder.name, "model": cfg.describe_model(),
+               **{k: flags.get(k) for k in RUN_SETTINGS}, **{k: opts.get(k) for k in differing}}
         for split, m in METRICS:
             row[f"{split.replace('test_', '')} {m}"] = res.get(split, {}).get(m)
         row["best epoch"] = res.get("best_epoch")

@@ -1,13 +1,8 @@
 """A Markdown report of one run folder, with training-curve plots.
 
-:func:`write_report` reads what the trainer writes (see :mod:`seqrec.train.trainer`)::
-
-    config.yaml          the resolved configuration
-    metrics.jsonl        lines of kind "step" (loss every log_every steps), "epoch"
-                         (train loss, timing, validation metrics) and "test" (final)
-    test_metrics.json    final metrics (absent while the run is in progress)
-
-and writes, next to them::
+:func:`write_report` reads a run folder through :class:`seqrec.runs.RunFolder` (its config,
+``metrics.jsonl``: lines of kind "step", "epoch" and "test", and ``test_metrics.json``, absent
+while the run is in progress) and writes, next to them::
 
     report.md            title, key settings, results, best epoch, time and throughput
     loss.png             training loss per epoch (and per logged step when present)
@@ -22,21 +17,15 @@ without plots and says so.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
+from ..config import KS, RunConfig
+from ..runs.folder import LOSS_PNG, REPORT, VALID_PNG, RunFolder
+from ..utils.io import atomic_path
 
-from ..utils.io import atomic_path, read_yaml
-
-REPORT = "report.md"
-LOSS_PNG = "loss.png"
-VALID_PNG = "valid.png"
-
-KS = (5, 10, 20)
 MEASURES = ("hr", "ndcg", "mrr")
 
 # (key in test_metrics.json, row label, key of the protocol string)
@@ -47,34 +36,12 @@ RESULT_ROWS = (
     ("test_sampled", "test, sampled", "protocol_sampled"),
 )
 
-# Settings shown in the report, in order (a key missing from the config is skipped).
-SETTINGS = ("model", "dataset", "loss", "maxlen", "hidden_units", "num_blocks", "num_heads", "dropout_rate",
-            "batch_size", "lr", "optimizer", "weight_decay", "l2_emb", "warmup_steps", "num_epochs", "patience",
-            "metric", "seed", "device", "amp")
-TIME_SETTINGS = ("time_unit", "time_span")
-MHC_SETTINGS = ("mhc_expansion_rate", "mhc_sinkhorn_iter", "mhc_init_gate")
+# The run's settings shown before the model's own (all of which are shown), by flag name.
+RUN_SETTINGS = ("dataset", "split", "maxlen", "loss", "batch_size", "lr", "optimizer", "weight_decay", "l2_emb",
+                "warmup_steps", "num_epochs", "patience", "metric", "seed", "device", "amp")
 
 
 # -- reading ---------------------------------------------------------------------------------
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a ``metrics.jsonl`` (an unreadable line, e.g. one being written, is skipped)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
-
-
 def split_attempts(records: list[dict]) -> list[list[dict]]:
     """Split ``metrics.jsonl`` records into training attempts.
 
@@ -109,7 +76,7 @@ def split_attempts(records: list[dict]) -> list[list[dict]]:
 class RunFiles:
     """What a run folder holds: config, the last attempt's records and the final result."""
 
-    cfg: dict
+    cfg: RunConfig
     epochs: list[dict]
     steps: list[dict]
     result: dict  # test_metrics.json, {} while the run is in progress
@@ -117,31 +84,16 @@ class RunFiles:
 
 
 def load_run_files(run_dir: str | Path) -> RunFiles:
-    """Read ``config.yaml``, ``metrics.jsonl`` and ``test_metrics.json`` of a run folder.
+    """Read a run folder's config, ``metrics.jsonl`` and ``test_metrics.json``.
 
     Only the last training attempt of ``metrics.jsonl`` is used (see :func:`split_attempts`).
     """
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a seqrec run folder (no config.yaml)")
-    cfg = read_yaml(cfg_path)
-    attempts = split_attempts(read_metrics(run_dir / "metrics.jsonl"))
+    folder = RunFolder(run_dir).require()
+    attempts = split_attempts(folder.metrics())
     records = attempts[-1]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     steps = [r for r in records if r.get("kind") == "step" and r.get("loss") is not None]
-    res_path = run_dir / "test_metrics.json"
-    result = json.loads(res_path.read_text(encoding="utf-8")) if res_path.exists() else {}
-    return RunFiles(cfg, epochs, steps, result, len(attempts))
-
-
-def _uses_time(model: str | None) -> bool:
-    try:
-        from ..models import get_model_class
-
-        return bool(get_model_class(model).uses_time)
-    except Exception:  # an unknown (e.g. removed) model: show the time settings anyway
-        return True
+    return RunFiles(folder.config(), epochs, steps, folder.test_metrics() or {}, len(attempts))
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -232,10 +184,10 @@ def plot_valid(epochs: list[dict], best_epoch: int | None, path: Path) -> None:
 
 
 # -- the report ------------------------------------------------------------------------------
-def _best_epoch(cfg: dict, epochs: list[dict], result: dict) -> tuple[int | None, float | None]:
-    """(best epoch, its validation value of cfg['metric']): from the result when finished,
+def _best_epoch(cfg: RunConfig, epochs: list[dict], result: dict) -> tuple[int | None, float | None]:
+    """(best epoch, its validation value of the run's metric): from the result when finished,
     else the best evaluated epoch so far (the trainer's rule: first strict maximum)."""
-    key = f"valid_{cfg.get('metric', 'ndcg@10')}"
+    key = f"valid_{cfg.eval.metric}"
     evaluated = [r for r in epochs if r.get(key) is not None]
     if result.get("best_epoch") is not None:
         best = result["best_epoch"]
@@ -254,16 +206,16 @@ def build_report(run_dir: str | Path, *, plots: dict[str, str] | None = None, pl
     cfg, epochs, result = files.cfg, files.epochs, files.result
     finished = bool(result)
 
-    model = result.get("model") or cfg.get("model", "?")
-    dataset = result.get("dataset") or Path(str(cfg.get("dataset", "?"))).name
+    model = cfg.describe_model()
+    dataset = result.get("dataset") or Path(str(cfg.data.dataset or "?")).name
     out = [f"# {model} on {dataset}", ""]
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     if finished:
         status = (f"finished: {result.get('epochs_run', len(epochs))} epochs, {_fmt(result.get('steps'))} steps"
-                  f" on {result.get('device', cfg.get('device', '?'))}")
+                  f" on {result.get('device', cfg.train.device)}")
     else:
         last = epochs[-1]["epoch"] if epochs else 0
-        status = (f"**not finished** (no test_metrics.json yet): {last} of at most {cfg.get('num_epochs', '?')} "
+        status = (f"**not finished** (no test_metrics.json yet): {last} of at most {cfg.train.num_epochs} "
                   "epochs logged; the numbers below are the run so far")
     out += [f"Run folder `{run_dir}`; status: {status}. Report written {now}."]
     if files.attempts > 1:
@@ -273,13 +225,10 @@ def build_report(run_dir: str | Path, *, plots: dict[str, str] | None = None, pl
 
     # settings
     out += ["## Settings", ""]
-    keys = list(SETTINGS)
-    if _uses_time(cfg.get("model")):
-        keys += TIME_SETTINGS
-    keys.append("mhc")
-    if cfg.get("mhc"):
-        keys += MHC_SETTINGS
-    out += _table(["setting", "value"], ([k, _setting(cfg[k])] for k in keys if k in cfg))
+    flags = cfg.flags()
+    rows = [["model", cfg.model_name]] + [[k, _setting(flags[k])] for k in RUN_SETTINGS if k in flags]
+    rows += [[k, _setting(v)] for k, v in cfg.model_flags().items()]
+    out += _table(["setting", "value"], rows)
     out.append("")
 
     # results
@@ -301,7 +250,7 @@ def build_report(run_dir: str | Path, *, plots: dict[str, str] | None = None, pl
         names = {"protocol_full": "Full ranking", "protocol_sampled": "Sampled"}
         out += [f"- {names[k]}: {v}." for k, v in protocols.items()]
         out.append(f"- Leave-one-out split; the test split is evaluated once, with the best validation epoch's "
-                   f"weights (selected on validation {cfg.get('metric', 'ndcg@10')}).")
+                   f"weights (selected on validation {cfg.eval.metric}).")
     else:
         out.append("Test metrics: not finished (the test split is evaluated once, after training).")
         if epochs and any("valid_hr@10" in r for r in epochs):
@@ -310,7 +259,7 @@ def build_report(run_dir: str | Path, *, plots: dict[str, str] | None = None, pl
                        + ", ".join(f"{k.upper()} {_fmt(last.get(f'valid_{k}'))}" for k in ("hr@10", "ndcg@10", "mrr@10"))
                        + ".")
     out.append("")
-    metric = cfg.get("metric", "ndcg@10")
+    metric = cfg.eval.metric
     if best is not None:
         suffix = f" (validation {metric} {_fmt(best_value)})" if best_value is not None else ""
         out.append(f"Best epoch: **{best}**{suffix}{'' if finished else ' so far'}.")

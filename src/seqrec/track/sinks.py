@@ -37,7 +37,7 @@ class WandbSink:
     """Weights & Biases; offline mode unless ``WANDB_MODE`` says otherwise (no network needed).
     The run id is kept in ``run_dir/wandb_id.txt``."""
 
-    def __init__(self, run_dir: Path, config: dict, project: str = "seqrec"):
+    def __init__(self, run_dir: Path, config: dict, project: str = "seqrec", online: bool = False):
         try:
             import wandb
         except ImportError as exc:  # pragma: no cover - depends on the extra
@@ -48,7 +48,8 @@ class WandbSink:
         id_file = Path(run_dir) / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         self._run = wandb.init(project=project, dir=str(run_dir), config=config, name=Path(run_dir).name,
-                               mode=os.environ.get("WANDB_MODE", "offline"), reinit=True, id=run_id,
+                               mode=os.environ.get("WANDB_MODE", "online" if online else "offline"), reinit=True,
+                               id=run_id,
                                resume="allow")
         id_file.write_text(run_id + "\n")
 
@@ -87,13 +88,14 @@ class TensorboardSink:
 class Tracker:
     """Fans records out to the local log and the optional sinks (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, config: dict, *, wandb: bool = False, tensorboard: bool = False,
-                 enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, metrics_path: Path, config: dict, *, wandb: bool = False, wandb_online: bool = False,
+                 tensorboard: bool = False, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
-        self.local = JsonlSink(Path(run_dir) / "metrics.jsonl") if enabled else None
+        run_dir = Path(metrics_path).parent
+        self.local = JsonlSink(Path(metrics_path)) if enabled else None
         self.extra = []
         if enabled and wandb:
-            self.extra.append(WandbSink(run_dir, config))
+            self.extra.append(WandbSink(run_dir, config, online=wandb_online))
         if enabled and tensorboard:
             self.extra.append(TensorboardSink(run_dir, None if resume_step is None else resume_step + 1))
 

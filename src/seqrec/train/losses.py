@@ -68,19 +68,14 @@ def ce_loss(model, h, targets, **_):
 
 @register_loss("sampled_softmax", negatives="shared")
 def sampled_softmax_loss(model, h, targets, negatives=None, **_):
-    """Softmax over the target and N negatives: ``negatives [N]`` shared by the batch, or
-    ``[B, L, N]`` drawn per position. A negative equal to the target is masked out."""
+    """Softmax over the target and N negatives, ``negatives [N]`` shared by the batch. A
+    negative equal to the target is masked out."""
     mask = targets > 0
     hm = h[mask]
     t = targets[mask]
     pos = model.score_items(hm, t.unsqueeze(-1))  # (M, 1)
-    if negatives.dim() == 1:
-        neg = hm @ model.output_embedding()[negatives].T  # (M, N)
-        same = negatives.unsqueeze(0) == t.unsqueeze(1)
-    else:
-        negatives = negatives[mask]  # (M, N)
-        neg = model.score_items(hm, negatives)  # (M, N)
-        same = negatives == t.unsqueeze(1)
+    neg = hm @ model.output_embedding()[negatives].T  # (M, N)
+    same = negatives.unsqueeze(0) == t.unsqueeze(1)
     neg = neg.masked_fill(same, float("-inf"))
     logits = torch.cat([pos, neg], dim=1).float()
     return F.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long, device=h.device))

@@ -10,17 +10,17 @@ dependencies        torch, numpy, polars, pyyaml, tqdm present and recent enough
 optional extras     matplotlib, wandb, tensorboard (always ok: "not installed (optional)")
 device              the requested ``device`` is available; GPU name, memory, bf16, AMP mode
 fused kernels       SDPA flash / memory-efficient attention on CUDA, ``mamba_ssm`` (informative)
-config              :func:`seqrec.train.config.validate_config`
+config              :func:`seqrec.config.validate_config`
 dataset             the dataset is prepared (``resolve_dataset(..., prepare_if_missing=False)``)
 checksums           the arrays' md5 match the manifest (``SeqDataset.verify``)
 sequences           enough users with >= 3 interactions (evaluated by leave-one-out), training
                     sequences, timestamps for time-aware models, share truncated by ``maxlen``
-model               registered, mHC variant when ``mhc``, builds for the dataset's items
-training step       one forward / backward / optimizer step on a real batch, as the trainer
-                    does it (loss, negatives, AMP): loss and gradients finite
+model               registered, builds for the dataset's items (:func:`seqrec.assemble.assemble`)
+training step       one forward / backward / optimizer step on a real batch, the trainer's own
+                    (:class:`seqrec.train.step.TrainStep`): loss and gradients finite
 memory              peak training memory at two small batch sizes, extrapolated linearly to
                     ``batch_sizes`` at the full ``maxlen``; the largest that fits in 80%
-disk                free space for two checkpoints (weights + two Adam moments) in ``train_dir``
+disk                free space for the checkpoints (weights + two Adam moments) in ``train_dir``
 ==================  ==========================================================================
 
 Memory measurement: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``); on
@@ -52,7 +52,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .config import ARGUMENTS, validate_config
+from ..assemble import assemble
+from ..config import RunConfig, validate_config
+from ..utils.device import pick_device, resolve_amp
+from .step import TrainStep
 
 MIN_TORCH = (2, 2)
 REQUIRED = (("torch", "torch", MIN_TORCH), ("numpy", "numpy", (1, 24)), ("polars", "polars", (1, 0)),
@@ -147,7 +150,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 class _Context:
     """What the checks learn and hand on (dataset, device, model class, a training setup)."""
 
-    def __init__(self, cfg: dict, batch_sizes: tuple[int, ...], probe_sizes: tuple[int, int],
+    def __init__(self, cfg: RunConfig, batch_sizes: tuple[int, ...], probe_sizes: tuple[int, int],
                  memory_fraction: float):
         self.cfg = cfg
         self.batch_sizes = tuple(int(b) for b in batch_sizes)
@@ -160,7 +163,8 @@ class _Context:
         self.batcher = None
         self.model_cls = None
         self.n_params: int | None = None
-        self.setup: _TrainSetup | None = None
+        self.parts = None  # the assembled dataset split, model and batcher
+        self.setup: TrainStep | None = None
 
     def need_dataset(self):
         if self.dataset is None:
@@ -169,17 +173,6 @@ class _Context:
 
     def need_device(self) -> torch.device:
         return self.device if self.device is not None else torch.device("cpu")
-
-
-def _full_config(cfg: dict) -> dict:
-    """``cfg`` with missing arguments at their defaults (as :func:`resolve_config` fills them)."""
-    full = {a.name: a.default for a in ARGUMENTS}
-    full.update(cfg)
-    if full.get("model") is None:
-        full["model"] = "sasrec" if full.get("no_time") else "tisasrec"
-    if "mhc" not in cfg:
-        full["mhc"] = not full.get("no_mhc", False)
-    return full
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -213,18 +206,9 @@ def check_optional(ctx: _Context) -> Check:
     return Check("optional extras", True, "; ".join(parts))
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """The precision the trainer uses: "off" on CPU, else bf16/fp16 (auto: bf16 when supported)."""
-    if device.type != "cuda" or amp == "off":
-        return "off"
-    if amp == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return amp
-
-
 def check_device(ctx: _Context) -> Check:
     cfg = ctx.cfg
-    requested = cfg.get("device", "auto")
+    requested = cfg.train.device
     ctx.device = torch.device("cpu")
     if requested not in ("auto", "cuda", "cpu"):
         ctx.device_note = " (requested device invalid: checks ran on the CPU)"
@@ -236,11 +220,9 @@ def check_device(ctx: _Context) -> Check:
         raise CheckError(f"--device cuda was asked for but CUDA is not available: {why}; the other checks "
                          "run on the CPU",
                          "use --device cpu (or auto), or install a CUDA build of torch and check `nvidia-smi`")
-    from .trainer import pick_device
-
     dev = pick_device(requested)
     ctx.device = dev
-    amp = cfg.get("amp", "auto")
+    amp = cfg.train.amp
     if dev.type == "cuda":
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(idx)
@@ -254,7 +236,7 @@ def check_device(ctx: _Context) -> Check:
         if amp == "bf16" and not bf16:
             raise CheckError(detail + ": this GPU has no bf16 support", "use --amp fp16 or --amp auto", data)
         return Check("device", True, detail, data=data)
-    wanted = cfg.get("num_threads") or 0
+    wanted = cfg.train.num_threads or 0
     threads = wanted or torch.get_num_threads()
     note = " (auto: CUDA not available)" if requested == "auto" else ""
     detail = (f"cpu{note}: {os.cpu_count()} cores, torch uses {threads} thread{'s' if threads != 1 else ''}"
@@ -296,15 +278,15 @@ def check_config(ctx: _Context) -> Check:
     except ValueError as exc:
         raise CheckError(str(exc), "edit the value in the --config YAML or pass the flag on the command line") from None
     cfg = ctx.cfg
-    return Check("config", True, f"valid: {cfg['model']}, loss {cfg['loss']}, maxlen {cfg['maxlen']}, "
-                                 f"hidden {cfg['hidden_units']} x {cfg['num_blocks']} blocks, "
-                                 f"batch {cfg['batch_size']}, lr {cfg['lr']:g}")
+    opts = ", ".join(f"{k} {v}" for k, v in cfg.model_flags().items() if k in ("hidden_units", "num_blocks"))
+    return Check("config", True, f"valid: {cfg.describe_model()} ({opts}), loss {cfg.train.loss}, maxlen "
+                                 f"{cfg.data.maxlen}, batch {cfg.train.batch_size}, lr {cfg.train.lr:g}")
 
 
 def check_dataset(ctx: _Context) -> Check:
     from ..data.datasets import SPECS, resolve_dataset
 
-    name = ctx.cfg.get("dataset")
+    name = ctx.cfg.data.dataset
     if not name:
         raise CheckError("no dataset given", "pass --dataset NAME (ml-1m, ml-100k, ...) or a prepared folder")
     try:
@@ -341,26 +323,20 @@ def check_checksums(ctx: _Context) -> Check:
 
 
 def check_sequences(ctx: _Context) -> Check:
-    from ..models import get_model_class
-    from .batches import SequenceBatcher
-
     ds = ctx.need_dataset()
     cfg = ctx.cfg
-    split = ds.leave_one_out()
-    try:
-        uses_time = get_model_class(cfg["model"]).uses_time
-    except ValueError:
-        uses_time = False
-    maxlen = cfg["maxlen"] if isinstance(cfg.get("maxlen"), int) and cfg["maxlen"] > 0 else 200
-    batcher = SequenceBatcher(ds.item, ds.timestamp, ds.offsets, split.train_end, maxlen, with_time=uses_time)
-    ctx.split, ctx.batcher = split, batcher
+    uses_time = cfg.model_class.uses_time
+    maxlen = cfg.data.maxlen
+    split = ds.eval_split(cfg.data.split, cfg.data.split_fraction)
+    ctx.split = split
+    starts = np.asarray(ds.offsets)[1:-1]
     lengths = np.diff(np.asarray(ds.offsets))[1:]
     n_users = len(lengths)
-    n_eval = len(split.eval_users)
-    n_train = len(batcher.train_users())
+    n_eval = len(split.test_users)
+    n_train = int((split.train_end - starts >= 2).sum())  # users with an (input, target) pair
     longer = float((lengths > maxlen).mean()) if n_users else 0.0
-    detail = (f"{n_eval:,} of {n_users:,} users ({n_eval / max(n_users, 1):.1%}) have >= 3 interactions and are "
-              f"evaluated; {n_train:,} training sequences; length median {np.median(lengths) if n_users else 0:.0f}, "
+    detail = (f"{n_eval:,} of {n_users:,} users ({n_eval / max(n_users, 1):.1%}) are evaluated ({split.name} "
+              f"split); {n_train:,} training sequences; length median {np.median(lengths) if n_users else 0:.0f}, "
               f"max {lengths.max() if n_users else 0} ({longer:.1%} of users longer than maxlen {maxlen}: "
               "their most recent items are used)")
     data = {"users": n_users, "eval_users": n_eval, "train_sequences": n_train, "longer_than_maxlen": longer}
@@ -369,110 +345,74 @@ def check_sequences(ctx: _Context) -> Check:
                          "prepare the dataset with more users, or a lower --min_user filter that still keeps "
                          ">= 3 interactions per user", data)
     if uses_time and len(ds.timestamp) and int(np.max(ds.timestamp)) == int(np.min(ds.timestamp)):
-        raise CheckError(detail + f"; but every timestamp is equal: {cfg['model']} needs real times",
-                         "use --model sasrec (or --no_time), or a dataset with timestamps", data)
+        raise CheckError(detail + f"; but every timestamp is equal: {cfg.model_name} needs real times",
+                         f"use a model without time features (--model {' or '.join(_timeless_models())}), "
+                         "or a dataset with timestamps", data)
     return Check("sequences", True, detail, data=data)
 
 
+def _timeless_models() -> list[str]:
+    from ..models import available_models, get_model_class
+
+    return [m for m in available_models() if not get_model_class(m).uses_time]
+
+
 def check_model(ctx: _Context) -> Check:
-    from ..models import available_models, build_model, get_model_class
+    from ..models import build_model
 
     cfg = ctx.cfg
-    try:
-        cls = get_model_class(cfg["model"])
-    except ValueError:
-        raise CheckError(f"model {cfg['model']!r} is not registered",
-                         f"use --model with one of: {', '.join(available_models())}") from None
-    fields = set(cls.config_class.__dataclass_fields__)
-    if cfg.get("mhc") and "mhc" not in fields:
-        raise CheckError(f"model {cfg['model']!r} has no mHC variant (mHC is on by default)", "pass --no_mhc")
-    ctx.model_cls = cls
+    cls = ctx.model_cls = cfg.model_class
     n_items = ctx.dataset.n_items if ctx.dataset is not None else PLACEHOLDER_ITEMS
     try:
-        model = build_model(cfg["model"], n_items=n_items, **cfg)
+        if ctx.dataset is not None:
+            ctx.parts = assemble(cfg, ctx.dataset)
+            model = ctx.parts.model
+        else:
+            model = build_model(cfg.model_name, n_items=n_items, maxlen=cfg.data.maxlen, config=cfg.model)
     except (ValueError, TypeError) as exc:
-        raise CheckError(f"{cfg['model']} does not build: {exc}",
+        raise CheckError(f"{cfg.model_name} does not build: {exc}",
                          "change the value named above (in the --config YAML or on the command line)") from None
+    ctx.batcher = ctx.parts.batcher if ctx.parts is not None else None
     n = sum(p.numel() for p in model.parameters())
     ctx.n_params = n
     items = (f"the dataset's {n_items:,} items" if ctx.dataset is not None
              else f"{n_items:,} placeholder items (dataset unavailable)")
-    mhc = (f"; mHC on ({cfg.get('mhc_expansion_rate')} streams, {cfg.get('mhc_sinkhorn_iter')} Sinkhorn iterations)"
-           if cfg.get("mhc") else "; mHC off")
     kind = "time-aware" if cls.uses_time else "no time features"
-    return Check("model", True, f"{cls.registry_name} ({kind}) builds for {items}: {n:,} parameters{mhc}",
+    return Check("model", True, f"{cfg.describe_model()} ({kind}) builds for {items}: {n:,} parameters",
                  data={"parameters": n, "n_items": n_items})
 
 
-# -- one training step, exactly as the trainer runs it ----------------------------------------
-class _TrainSetup:
-    """Model, optimizer, loss and negative sampling as :func:`seqrec.train.trainer.train` builds them."""
+# -- one training step, the trainer's own ---------------------------------------------------
+def _padded(batch: dict[str, torch.Tensor], pad_to: int | None) -> dict[str, torch.Tensor]:
+    """Left-pad the ``[B, L]`` tensors to the full window: the worst case for memory."""
+    if pad_to is None or batch["items"].shape[1] >= pad_to:
+        return batch
+    extra = pad_to - batch["items"].shape[1]
+    return {k: torch.nn.functional.pad(v, (extra, 0)) if v.dim() == 2 else v for k, v in batch.items()}
 
-    def __init__(self, ctx: _Context):
-        from ..models import build_model
-        from .losses import NEGATIVES, get_loss
-        from .batches import NegativeSampler
-        from .trainer import autocast_for, build_optimizer
 
-        cfg, ds = ctx.cfg, ctx.dataset
-        self.cfg, self.ds, self.batcher, self.device = cfg, ds, ctx.batcher, ctx.need_device()
-        self.model = build_model(cfg["model"], n_items=ds.n_items, **cfg).to(self.device)
-        self.model.train()
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.loss_fn = get_loss(cfg["loss"])
-        self.neg_kind = NEGATIVES[cfg["loss"]]
-        self.sampler = (NegativeSampler(ds.item, ds.offsets, ctx.split.train_end, ds.n_items)
-                        if self.neg_kind != "none" else None)
-        self.autocast, use_scaler = autocast_for(self.device, cfg["amp"])
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.rng = np.random.default_rng(cfg.get("seed", 0))
+def _batch(ctx: _Context, users: np.ndarray, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    step = ctx.setup
+    return {k: v.to(step.device) for k, v in _padded(step.batch(users, ctx.rng), pad_to).items()}
 
-    def batch(self, users: np.ndarray, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-        batch = self.batcher.train_batch(users)
-        if pad_to is not None and batch["items"].shape[1] < pad_to:
-            # left-pad [B, L] tensors to the full window: the worst case for memory
-            extra = pad_to - batch["items"].shape[1]
-            batch = {k: torch.nn.functional.pad(v, (extra, 0)) if v.dim() == 2 else v for k, v in batch.items()}
-        from .batches import draw_negatives
 
-        negatives = draw_negatives(self.neg_kind, users, batch["targets"], self.rng, self.sampler, self.ds.n_items,
-                                   self.cfg["num_negatives"], self.cfg.get("negative_sharing", "batch"))
-        if negatives is not None:
-            batch["negatives"] = negatives
-        return {k: v.to(self.device) for k, v in batch.items()}
+def _step(step: TrainStep, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """One optimizer step as the trainer takes it; (loss, gradient norm)."""
+    loss, gnorm = step.forward_backward(batch)
+    step.apply()
+    return float(loss), gnorm
 
-    def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
-        """One optimizer step (the trainer's order: forward, zero_grad, backward, clip, step);
-        returns (loss, gradient norm)."""
-        cfg = self.cfg
-        with self.autocast() if self.autocast else nullcontext():
-            hidden = self.model(batch)
-            loss = self.loss_fn(self.model, hidden, batch["targets"], negatives=batch.get("negatives"))
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        clip = cfg["grad_clip"] if cfg.get("grad_clip", 0) > 0 else float("inf")
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        return float(loss.detach()), float(gnorm)
 
-    def state_bytes(self) -> int:
-        """Bytes held between steps: weights, gradients and optimizer state."""
-        total = 0
-        for p in self.model.parameters():
-            total += p.numel() * p.element_size()
-            if p.grad is not None:
-                total += p.grad.numel() * p.grad.element_size()
-        for st in self.optimizer.state.values():
-            total += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
-        return total
+def _state_bytes(step: TrainStep) -> int:
+    """Bytes held between steps: weights, gradients and optimizer state."""
+    total = 0
+    for p in step.model.parameters():
+        total += p.numel() * p.element_size()
+        if p.grad is not None:
+            total += p.grad.numel() * p.grad.element_size()
+    for st in step.optimizer.state.values():
+        total += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
+    return total
 
 
 def _rng_devices(device: torch.device) -> list:
@@ -488,21 +428,23 @@ def check_training_step(ctx: _Context) -> Check:
     cfg = ctx.cfg
     train_users = ctx.batcher.train_users()
     with torch.random.fork_rng(devices=_rng_devices(ctx.need_device())):
-        torch.manual_seed(cfg.get("seed", 0))
-        setup = _TrainSetup(ctx)
-        n = min(int(cfg["batch_size"]), 64, len(train_users))
-        users = np.sort(setup.rng.choice(train_users, size=n, replace=False))
-        batch = setup.batch(users)
+        torch.manual_seed(cfg.train.seed)
+        setup = ctx.setup = TrainStep(cfg, assemble(cfg, ctx.dataset), ctx.need_device())
+        setup.model.train()
+        ctx.rng = np.random.default_rng(cfg.train.seed)
+        n = min(cfg.train.batch_size, 64, len(train_users))
+        users = np.sort(ctx.rng.choice(train_users, size=n, replace=False))
+        batch = _batch(ctx, users)
         t0 = time.perf_counter()
-        loss, gnorm = setup.step(batch)
+        loss, gnorm = _step(setup, batch)
         dt = time.perf_counter() - t0
     finite_params = all(bool(torch.isfinite(p).all()) for p in setup.model.parameters())
-    detail = (f"{cfg['loss']} loss {loss:.4g}, gradient norm {gnorm:.4g} on {n} sequences "
+    detail = (f"{cfg.train.loss} loss {loss:.4g}, gradient norm {gnorm:.4g} on {n} sequences "
               f"(window {batch['items'].shape[1]}) in {dt:.2f} s on {setup.device}{ctx.device_note}")
     data = {"loss": loss, "grad_norm": gnorm, "seconds": dt, "batch_size": n}
     if not (math.isfinite(loss) and math.isfinite(gnorm) and finite_params):
+        ctx.setup = None
         raise CheckError(detail + ": not finite", "lower --lr, keep --grad_clip > 0, or try --amp off", data)
-    ctx.setup = setup
     return Check("training step", True, detail, data=data)
 
 
@@ -526,25 +468,25 @@ def _quiet_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def _cpu_step_peak(setup: _TrainSetup, batch: dict[str, torch.Tensor]) -> int:
+def _cpu_step_peak(setup: TrainStep, batch: dict[str, torch.Tensor]) -> int:
     """Peak bytes of tensor memory during one CPU step (profiler allocation events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    base = setup.state_bytes()
+    base = _state_bytes(setup)
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        setup.step(batch)
+        _step(setup, batch)
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
     running = np.cumsum([nb for _, nb in events]) if events else np.zeros(1)
     return base + max(0, int(running.max()))
 
 
-def _cuda_step_peak(setup: _TrainSetup, batch: dict[str, torch.Tensor]) -> int:
+def _cuda_step_peak(setup: TrainStep, batch: dict[str, torch.Tensor]) -> int:
     dev = setup.device
     torch.cuda.synchronize(dev)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(dev)
-    setup.step(batch)
+    _step(setup, batch)
     torch.cuda.synchronize(dev)
     return int(torch.cuda.max_memory_allocated(dev))
 
@@ -569,7 +511,7 @@ def check_memory(ctx: _Context) -> Check:
     if ctx.setup is None:
         raise NotRun("the training step failed (see 'training step')")
     setup, cfg = ctx.setup, ctx.cfg
-    maxlen = int(cfg["maxlen"])
+    maxlen = cfg.data.maxlen
     b1, b2 = sorted(int(b) for b in ctx.probe_sizes)
     if not 0 < b1 < b2:
         raise CheckError(f"probe batch sizes must be two different positive sizes, got {ctx.probe_sizes}")
@@ -581,7 +523,7 @@ def check_memory(ctx: _Context) -> Check:
     with torch.random.fork_rng(devices=_rng_devices(setup.device)):
         for b in (b1, b2):
             users = np.resize(longest, b)
-            peaks.append(measure(setup, setup.batch(users, pad_to=maxlen)))
+            peaks.append(measure(setup, _batch(ctx, users, pad_to=maxlen)))
     per_seq = max(0.0, (peaks[1] - peaks[0]) / (b2 - b1))
     fixed = max(0.0, peaks[0] - per_seq * b1)
     capacity, what = available_memory(setup.device)
@@ -592,10 +534,10 @@ def check_memory(ctx: _Context) -> Check:
         table.append({"batch_size": b, "bytes": int(est), "fits": est <= limit})
     fitting = [r["batch_size"] for r in table if r["fits"]]
     suggested = max(fitting) if fitting else None
-    configured = int(cfg["batch_size"])
+    configured = cfg.train.batch_size
     est_cfg = fixed + per_seq * configured
     # evaluation scores every item for eval_batch_size users at once (a few float32 copies)
-    eval_bytes = 3 * 4 * int(cfg.get("eval_batch_size", 1024)) * (ctx.dataset.n_items + 1)
+    eval_bytes = 3 * 4 * cfg.eval.batch_size * (ctx.dataset.n_items + 1)
 
     lines = [f"peak training memory, {setup.device}{ctx.device_note}: ~{human_bytes(fixed)} fixed + "
              f"{human_bytes(per_seq)} per sequence at maxlen {maxlen} (linear fit of batch {b1} and {b2}; approximate)",
@@ -605,14 +547,15 @@ def check_memory(ctx: _Context) -> Check:
                  f"--batch_size {configured}: ~{human_bytes(est_cfg)}"
                  f" ({'fits' if est_cfg <= limit else 'does NOT fit'})")
     lines.append(f"evaluation: ~{human_bytes(eval_bytes)} of item scores at --eval_batch_size "
-                 f"{cfg.get('eval_batch_size', 1024)}")
+                 f"{cfg.eval.batch_size}")
     data = {"table": table, "suggested_batch_size": suggested, "fixed_bytes": int(fixed), "per_sequence_bytes": per_seq,
             "probe_peaks": dict(zip((b1, b2), peaks)), "capacity_bytes": capacity, "limit_bytes": int(limit),
             "configured_bytes": int(est_cfg), "eval_bytes": eval_bytes, "device": str(setup.device)}
     detail = "\n".join(lines)
     if est_cfg > limit:
         fix = (f"use --batch_size {suggested}" if suggested else
-               "lower --maxlen, --hidden_units or --num_blocks (or --mhc_expansion_rate), or use a larger device")
+               "lower --maxlen or the model's size options (`seqrec train --model NAME --help`), or use a larger "
+               "device")
         raise CheckError(detail, fix, data)
     if eval_bytes > limit:
         raise CheckError(detail, "lower --eval_batch_size", data)
@@ -622,7 +565,7 @@ def check_memory(ctx: _Context) -> Check:
 def check_disk(ctx: _Context) -> Check:
     if ctx.n_params is None:
         raise NotRun("the model does not build (see 'model')")
-    train_dir = Path(ctx.cfg.get("train_dir") or ".").expanduser().absolute()
+    train_dir = Path(ctx.cfg.train.train_dir or ".").expanduser().absolute()
     existing = train_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -675,7 +618,7 @@ def _run_check(name: str, fn: Callable[[_Context], Check], ctx: _Context) -> Che
     return check
 
 
-def preflight(cfg: dict, *, batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512), log: Callable | None = print,
+def preflight(cfg: RunConfig, *, batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512), log: Callable | None = print,
               probe_sizes: tuple[int, int] = (8, 16), memory_fraction: float = MEMORY_FRACTION) -> list[Check]:
     """Check that ``cfg`` (a resolved training config) can train here; see the module docstring.
 
@@ -683,7 +626,7 @@ def preflight(cfg: dict, *, batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 51
     ``batch_sizes``: the memory table's rows; ``probe_sizes``: the two batch sizes measured.
     Returns every check, failed ones included; :func:`format_checks` renders them.
     """
-    ctx = _Context(_full_config(cfg), batch_sizes, probe_sizes, memory_fraction)
+    ctx = _Context(cfg, batch_sizes, probe_sizes, memory_fraction)
     checks = []
     for name, fn in CHECKS:
         check = _run_check(name, fn, ctx)

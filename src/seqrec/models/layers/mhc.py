@@ -90,6 +90,7 @@ import torch
 from torch import Tensor, nn
 
 from seqrec.models.layers.residual import Residual
+from seqrec.utils.options import opt
 
 
 def sinkhorn_reference(logits: Tensor, n_iter: int) -> Tensor:
@@ -196,6 +197,10 @@ class HyperConnection(nn.Module):
     :class:`HyperConnectionFactory` (``HyperConnection.configure(...)``), which also
     provides the stream expand/reduce.
     """
+
+    #: parameters AdamW's weight decay skips (the static biases and gates; see
+    #: :meth:`SequentialRecommender.no_weight_decay`)
+    no_decay = ("alpha_pre", "alpha_post", "alpha_res", "bias_pre", "bias_post", "bias_res")
 
     def __init__(
         self,
@@ -354,40 +359,26 @@ class HyperConnectionFactory:
         return reduce_streams(x)
 
 
-def residual_from_config(cfg, override=None) -> type[Residual] | HyperConnectionFactory:
-    """``Residual`` or, when ``cfg.mhc``, the mHC factory built from the ``mhc_*`` fields.
+@dataclass
+class MHCConfig:
+    """The ``mhc`` section of a transformer model's config (absent: plain residuals)."""
+
+    expansion_rate: int = opt(4, "number of parallel residual streams n", low=1)
+    sinkhorn_iter: int = opt(20, "Sinkhorn-Knopp iterations for H_res", low=1)
+    init_gate: float = opt(0.01, "initial value of the dynamic gates alpha", low=0)
+    no_amp: bool = opt(False, "compute the mixing coefficients and Sinkhorn in float32 under AMP")
+
+
+def residual_from_config(mhc: MHCConfig | None, override=None) -> type[Residual] | HyperConnectionFactory:
+    """``Residual`` or, with an ``mhc`` section, the mHC factory built from it.
 
     ``override``: a residual class/factory a caller passed explicitly (exclusive with mHC).
     """
     if override is not None:
-        if getattr(cfg, "mhc", False):
-            raise ValueError("pass either residual_cls or a config with mhc=True, not both")
+        if mhc is not None:
+            raise ValueError("pass either residual_cls or an mhc config, not both")
         return override
-    if not getattr(cfg, "mhc", False):
+    if mhc is None:
         return Residual
-    return HyperConnection.configure(
-        n=cfg.mhc_expansion_rate,
-        sinkhorn_iter=cfg.mhc_sinkhorn_iter,
-        init_gate=float(cfg.mhc_init_gate),
-        no_amp=bool(cfg.mhc_no_amp),
-    )
-
-
-def check_mhc_config(cfg) -> None:
-    """Validate the ``mhc_*`` fields (if ``cfg`` has them); messages name the flag to change."""
-    if not hasattr(cfg, "mhc_expansion_rate"):
-        return
-    for name in ("mhc_expansion_rate", "mhc_sinkhorn_iter"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}: change --{name}")
-    gate = cfg.mhc_init_gate
-    if (
-        isinstance(gate, bool)
-        or not isinstance(gate, (int, float))
-        or not math.isfinite(gate)
-        or gate < 0
-    ):
-        raise ValueError(
-            f"mhc_init_gate must be a finite number >= 0, got {gate!r}: change --mhc_init_gate"
-        )
+    return HyperConnection.configure(n=mhc.expansion_rate, sinkhorn_iter=mhc.sinkhorn_iter,
+                                     init_gate=float(mhc.init_gate), no_amp=bool(mhc.no_amp))

@@ -70,23 +70,6 @@ class Residual(nn.Module):
         return x
 
 
-class SASRecCodeResidual(Residual):
-    """The block form of the SASRec/TiSASRec reference code: ``h = LN(x); h + f(h)``.
-
-    The residual adds the *normalised* input, and attention sub-layers (those with
-    ``accepts_kv = True``) take their queries from ``h`` but keys and values from the raw
-    stream ``x`` (the TF code's ``multihead_attention(queries=normalize(seq), keys=seq)``,
-    also pmixer's and RecTools' SASRec). Pre-LN only; models end with a final LayerNorm.
-    """
-
-    def forward(self, x: Tensor, **kwargs) -> Tensor:
-        last = kwargs.get("last_only", False)
-        h = self.norm(x)
-        if getattr(self.sublayer, "accepts_kv", False):
-            kwargs["kv"] = x
-        return (h[:, -1:] if last else h) + self.sublayer(h, **kwargs)
-
-
 class TransformerBlock(nn.Module):
     """Attention then feed-forward, each wrapped in ``residual_cls``.
 

@@ -21,12 +21,6 @@ makes its time-varying path slow and memory hungry). Everything the layer keeps 
 input at that position is not written into it (only the ``D * u`` skip sees it). Padding
 positions get ``dt = 0`` and ``u = 0``, so they leave the state untouched.
 
-``discretization="impulse"`` (not in S5 or SS4Rec) treats each event as an impulse: it is
-written at its own time with unit weight and then decays with the state over its gap,
-``x_i = Abar_i (x_{i-1} + B u_i)`` (input weight ``Abar_i`` instead of ``gamma_i``). Events
-that share a timestamp are then all written; the scan, the masking and the ``[B, L, P]``
-memory are the same.
-
 Numerics:
 
 * ``Abar`` is built from real ``exp``, ``cos``, ``sin`` (complex ``exp`` is not vectorised on
@@ -71,7 +65,6 @@ __all__ = [
     "zoh_coefficients",
 ]
 
-DISCRETIZATIONS = ("zoh", "impulse")
 _LAMBDA_RE_MAX = -1e-4  # clip_eigs bound: Re(Lambda) <= this keeps |Abar| < 1 for dt > 0
 
 
@@ -129,17 +122,6 @@ def zoh_coefficients(lam: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
         correction = torch.expm1(zr) * cos - 2 * torch.sin(0.5 * zi).square_() - (a_re - 1)
     em1 = torch.complex(a_re - 1 + correction, a_im)
     return torch.complex(a_re, a_im), em1 * (1.0 / lam)
-
-
-def impulse_coefficients(lam: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-    """Impulse rule: ``Abar = exp(Lambda delta)`` is both the transition and the input weight
-    (the event is written with unit weight and decays over its gap)."""
-    _, _, _, a_re, a_im = _exp_parts(lam, delta)
-    a = torch.complex(a_re, a_im)
-    return a, a
-
-
-_COEFFICIENTS = {"zoh": zoh_coefficients, "impulse": impulse_coefficients}
 
 
 # --- scans ------------------------------------------------------------------------------
@@ -256,28 +238,20 @@ class S5(nn.Module):
         dt_min, dt_max: range of the initial per-state step scales (log-uniform).
         scan: ``"parallel"`` (:func:`linear_scan`) or ``"sequential"``
             (:func:`linear_scan_ref`, for tests and benchmarks).
-        discretization: ``"zoh"`` (zero-order hold, the S5/SS4Rec rule: input weight
-            ``gamma_i``, so ``dt_i = 0`` writes nothing) or ``"impulse"`` (each event is an
-            impulse written at its own time and then decayed over its gap:
-            ``x_i = Abar_i (x_{i-1} + B u_i)``, input weight ``Abar_i``, so ``dt_i = 0``
-            writes ``B u_i`` in full).
 
     ``dt`` is the time gap of each position in the chosen time unit (``>= 0``; 0 at padding,
     where ``u`` must be 0 too). See the module docstring for the maths.
     """
 
     def __init__(self, d_model: int, d_state: int = 32, dt_min: float = 0.001, dt_max: float = 0.1,
-                 scan: str = "parallel", discretization: str = "zoh"):
+                 scan: str = "parallel"):
         super().__init__()
         if scan not in ("parallel", "sequential"):
             raise ValueError(f"scan must be 'parallel' or 'sequential', got {scan!r}")
-        if discretization not in DISCRETIZATIONS:
-            raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         H, P = d_model, d_state
         self.d_model, self.d_state, self.scan = H, P, scan
-        self.discretization = discretization
         self.dt_min, self.dt_max = float(dt_min), float(dt_max)
         self.Lambda_re = nn.Parameter(torch.empty(P))
         self.Lambda_im = nn.Parameter(torch.empty(P))
@@ -307,8 +281,7 @@ class S5(nn.Module):
         self.log_step.uniform_(math.log(self.dt_min), math.log(self.dt_max))
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, d_state={self.d_state}, scan={self.scan}, "
-                f"discretization={self.discretization}")
+        return f"d_model={self.d_model}, d_state={self.d_state}, scan={self.scan}"
 
     def forward(self, u: Tensor, dt: Tensor) -> Tensor:
         if u.dim() != 3 or u.shape[-1] != self.d_model or dt.shape != u.shape[:2]:
@@ -322,7 +295,7 @@ class S5(nn.Module):
             u = u.to(dtype)
             lam = torch.complex(self.Lambda_re.to(dtype).clamp(max=_LAMBDA_RE_MAX), self.Lambda_im.to(dtype))
             delta = dt.to(dtype).unsqueeze(-1) * torch.exp(self.log_step.to(dtype))  # (B, L, P)
-            a, w = _COEFFICIENTS[self.discretization](lam, delta)  # complex (B, L, P)
+            a, w = zoh_coefficients(lam, delta)  # complex (B, L, P): Abar, gamma
             # B u first: rows of W_B interleave (Re, Im) so the product views as complex
             W_B = torch.stack([self.B_re, self.B_im], dim=1).reshape(2 * P, H).to(dtype)
             Bu = torch.view_as_complex((u @ W_B.t()).view(Bsz, L, P, 2))  # (B, L, P)
