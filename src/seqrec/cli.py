@@ -104,7 +104,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-RUN_COMMANDS = ("train", "verify")
+RUN_COMMANDS = ("train", "verify", "tune")
 RESUMABLE_OVERRIDES = ("num_threads", "progress", "device")
 SECTION_TITLES = {"data": "data", "train": "training", "eval": "evaluation", "track": "tracking"}
 
@@ -160,6 +160,12 @@ def run_parser(command: str, model_name: str) -> argparse.ArgumentParser:
                   "fused kernels), dataset presence and checksums, one forward/backward/optimizer step on a real "
                   "batch, peak memory per batch size against the device's memory, disk space for checkpoints. "
                   "Exits 1 when any check fails. Takes the same settings as `seqrec train`.",
+        "tune": "A hyper-parameter study on Optuna: every trial is a run folder under --study_dir/trials, trained "
+                "with the settings of the base config (--config and the flags below, as for `seqrec train`) and "
+                "the values the sampler draws from --space (or each of --phases in turn, each starting from the best "
+                "of the one before). Selection uses validation only; the best trial's best checkpoint is tested "
+                "once. The study lives in --study_dir/study.db: the same command continues it after a kill, and "
+                "several processes on one --storage share it.",
     }
     p = argparse.ArgumentParser(prog=f"seqrec {command}", description=descriptions[command])
     p.add_argument("--config", help="YAML file with the sections data, model, train, eval, track (a flat file of "
@@ -173,6 +179,8 @@ def run_parser(command: str, model_name: str) -> argparse.ArgumentParser:
     prof.add_argument("--production", action="store_true", help="production profile: the pre-flight check first "
                       "(a failed check stops the run), last.pt every --checkpoint_minutes (10), W&B online when "
                       "WANDB_API_KEY is set (src/seqrec/profiles/production.yaml)")
+    if command == "tune":
+        _add_tune_arguments(p)
     if command == "train":
         p.add_argument("--resume", metavar="DIR", help="continue a stopped or killed run from DIR/last.pt with its "
                        "saved config (only --num_threads, --progress and --device may be changed)")
@@ -216,7 +224,7 @@ def _parse_run_args(command: str, argv: list[str]) -> tuple[argparse.Namespace, 
         close = difflib.get_close_matches(flag, sorted(set(table) | {"config", "model", "resume", "overwrite"}), n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""
         raise ValueError(f"unrecognised argument {bad!r}{hint}")
-    skip = {"config", "debug", "production", "resume", "overwrite"}
+    skip = {"config", "debug", "production", "resume", "overwrite", *TUNE_ARGS}
     flags = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     if args.debug or args.production:
         flags["profile"] = "debug" if args.debug else "production"
@@ -250,6 +258,80 @@ def cmd_train(argv: list[str]) -> int:
     except TrainingStopped as exc:
         print(f"seqrec train: {exc}", file=sys.stderr)
         return 3
+    return 0
+
+
+TUNE_ARGS = ("space", "phases", "trials", "study_dir", "storage", "pruner", "sampler", "timeout", "n_jobs",
+             "refit", "worker", "study_name", "tune_seed", "tune_metric")
+
+
+def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    from .tune.study import PRUNERS, SAMPLERS
+
+    g = p.add_argument_group("study")
+    which = g.add_mutually_exclusive_group(required=True)
+    which.add_argument("--space", help="search space YAML (settings by flag name: float/int/categorical), or the "
+                       "name of a shipped one: capacity, lr, regularisation, mhc, time (configs/tune/)")
+    which.add_argument("--phases", help="comma-separated spaces run in order, each phase starting from the best "
+                       "configuration of the one before (the seed's guide: capacity,lr,regularisation)")
+    g.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials per phase, counted "
+                   "over every worker of the study (default: 20)")
+    g.add_argument("--study_dir", required=True, help="the study's folder (trials/, study.db, study.md, best.yaml)")
+    g.add_argument("--storage", help="Optuna storage shared by workers: an SQLAlchemy URL (sqlite:///..., "
+                   "postgresql://...) or a journal file (journal:PATH); default DIR/study.db")
+    g.add_argument("--pruner", choices=PRUNERS, default="median", help="stop hopeless trials early (default: median)")
+    g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default: tpe")
+    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (this process)")
+    g.add_argument("--n_jobs", type=int, default=1, help="parallel trials on this machine: worker processes sharing "
+                   "the storage, the CPU threads split between them (on GPU one per device)")
+    g.add_argument("--refit", action="store_true", help="then retrain the best configuration on train + validation "
+                   "for the best trial's number of epochs and test it (reported as a separate protocol)")
+    g.add_argument("--study_name", default="seqrec", help="the study's name in the storage (default: seqrec)")
+    g.add_argument("--tune_seed", type=int, default=0, help="the sampler's seed (default: 0)")
+    g.add_argument("--tune_metric", help="validation metric to maximise (default: the space's metric:, else the "
+                   "config's --metric)")
+    g.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def cmd_tune(argv: list[str]) -> int:
+    import os
+    import subprocess
+
+    from .config import resolve_config
+    from .tune.study import TuneOptions, run_tune
+
+    args, flags = _parse_run_args("tune", argv)
+    if args.n_jobs < 1 or args.trials < 1:
+        raise ValueError("--n_jobs and --trials must be positive integers")
+    base = resolve_config(flags, args.config)
+    if args.tune_metric:
+        from .config import check_metric
+
+        check_metric(args.tune_metric, "--tune_metric")
+    phases = [p.strip() for p in (args.phases or args.space).split(",") if p.strip()]
+    opts = TuneOptions(study_dir=Path(args.study_dir), trials=args.trials, storage=args.storage, pruner=args.pruner,
+                       sampler=args.sampler, timeout=args.timeout, seed=args.tune_seed, metric=args.tune_metric,
+                       refit=args.refit, progress=base.track.progress, study_name=args.study_name)
+    log = functools.partial(print, flush=True)
+    if args.n_jobs > 1 and not args.worker:
+        threads = max(1, (os.cpu_count() or 1) // args.n_jobs)
+        rest = [a for a in argv if a != "--refit"]
+        procs = []
+        for i in range(args.n_jobs):
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            cmd = [sys.executable, "-m", "seqrec", "tune", *rest, "--n_jobs", "1", "--worker",
+                   "--num_threads", str(threads), "--tune_seed", str(args.tune_seed + i)]
+            procs.append(subprocess.Popen(cmd, env=env))
+        log(f"{args.n_jobs} tune workers, {threads} CPU thread(s) each, on {args.storage or args.study_dir}")
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise ValueError(f"a tune worker failed (exit codes {codes}); run the same command again to continue")
+    summary = run_tune(base, phases, opts, log=log, worker=args.worker)
+    if not args.worker:
+        log(f"study: {Path(args.study_dir) / 'study.md'}; best configuration: {Path(args.study_dir) / 'best.yaml'}")
+        import json
+
+        log(json.dumps({k: summary[k] for k in ("metric", "best_trial", "best_valid", "best_params")}, default=str))
     return 0
 
 
@@ -436,13 +518,15 @@ _COMMANDS = [_add_prepare, _add_info, _add_export,
                                        "one step, memory, disk)"),
              lambda sub: _add_run_stub(sub, "train", "train a model (SASRec, TiSASRec, SS4Rec, ...) and evaluate it; "
                                        "`seqrec train --model NAME --help` lists NAME's options"),
+             lambda sub: _add_run_stub(sub, "tune", "hyper-parameter study on Optuna (validation-only selection, "
+                                       "resumable, several workers on one storage)"),
              _add_evaluate, _add_recommend, _add_compare, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in RUN_COMMANDS:
-        command, run = argv[0], {"train": cmd_train, "verify": cmd_verify}[argv[0]]
+        command, run = argv[0], {"train": cmd_train, "verify": cmd_verify, "tune": cmd_tune}[argv[0]]
         return _guarded(command, lambda: run(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)

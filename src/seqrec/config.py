@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,9 @@ SEED_MODEL, SEED_MODEL_NO_TIME = "tisasrec", "sasrec"
 @dataclass
 class DataConfig:
     dataset: str | None = opt(None, "dataset name (ml-1m, ml-100k, beauty, ...) or a prepared dataset folder")
-    split: str = opt("loo", "evaluation split: loo (leave-one-out) or temporal (the seeds' global past/future "
-                     "split)", choices=("loo", "temporal"))
+    split: str = opt("loo", "evaluation split: loo (leave-one-out), temporal (the seeds' global past/future "
+                     "split) or loo_refit (leave-one-out trained on train + validation, no validation: a fixed "
+                     "number of epochs, then the test once)", choices=("loo", "temporal", "loo_refit"))
     split_fraction: float = opt(0.8, "temporal split: fraction of interactions (by time) in the training past",
                                 low=0, high=1, low_open=True, high_open=True)
     maxlen: int = opt(200, "maximum sequence length (most recent items kept)", low=1)
@@ -204,14 +206,20 @@ SEED_FLAGS = {
 
 
 def flag_table(model_name: str) -> dict[str, tuple[str, options.Flag]]:
-    """``{flag: (section, Flag)}`` for every setting of a run of ``model_name``."""
+    """``{flag: (section, Flag)}`` for every setting of a run of ``model_name`` (read-only)."""
+    return _flag_table(get_model_class(model_name))
+
+
+@functools.lru_cache(maxsize=None)
+def _flag_table(model_cls: type) -> dict[str, tuple[str, options.Flag]]:
     table: dict[str, tuple[str, options.Flag]] = {}
     for section, cls in SECTION_CLASSES.items():
         for fl in options.flags(cls):
             table[fl.name] = (section, fl)
-    for fl in options.flags(get_model_class(model_name).config_class):
+    for fl in options.flags(model_cls.config_class):
         if fl.name in table:
-            raise TypeError(f"model {model_name!r}: option {fl.name!r} clashes with the {table[fl.name][0]} section's")
+            raise TypeError(f"model {model_cls.registry_name!r}: option {fl.name!r} clashes with the "
+                            f"{table[fl.name][0]} section's")
         table[fl.name] = ("model", fl)
     return table
 

@@ -121,6 +121,19 @@ def loo_eval_split(offsets: np.ndarray) -> EvalSplit:
                      loo.test_pos[users - 1], {"eval_users": int(len(users))})
 
 
+def loo_refit_split(offsets: np.ndarray) -> EvalSplit:
+    """Leave-one-out with the validation item moved into training (the "refit" protocol:
+    train on train + validation for a chosen number of epochs, then test once). No users are
+    validated; the test targets are leave-one-out's."""
+    loo = leave_one_out(offsets)
+    users = loo.eval_users
+    train_end = loo.train_end.copy()
+    train_end[users - 1] = loo.test_pos[users - 1]  # up to (not including) the test target
+    empty = np.zeros(0, dtype=np.int64)
+    return EvalSplit("leave-one-out, refit on train + validation", train_end, empty, empty, users,
+                     loo.test_pos[users - 1], {"eval_users": int(len(users))})
+
+
 def temporal_eval_split(offsets: np.ndarray, timestamp: np.ndarray, fraction: float = 0.8,
                         valid_fraction: float = 0.5) -> EvalSplit:
     """The seeds' global past/future split, made trainable.

@@ -29,8 +29,8 @@ import polars as pl
 from .. import __version__
 from ..utils.io import atomic_dir, file_md5
 from .prepare import Prepared, statistics
-from .splits import (EvalSplit, LeaveOneOut, TemporalSplit, leave_one_out, loo_eval_split, temporal_eval_split,
-                     temporal_split)
+from .splits import (EvalSplit, LeaveOneOut, TemporalSplit, leave_one_out, loo_eval_split, loo_refit_split,
+                     temporal_eval_split, temporal_split)
 
 MANIFEST = "manifest.json"
 ARRAYS = ("item", "timestamp", "rating", "offsets")
@@ -154,7 +154,9 @@ class SeqDataset:
             return loo_eval_split(self.offsets)
         if kind == "temporal":
             return temporal_eval_split(self.offsets, np.asarray(self.timestamp), fraction)
-        raise ValueError(f"unknown split {kind!r}: use loo or temporal")
+        if kind == "loo_refit":
+            return loo_refit_split(self.offsets)
+        raise ValueError(f"unknown split {kind!r}: use loo, loo_refit or temporal")
 
     def temporal_split(self, fraction: float = 0.8) -> TemporalSplit:
         return temporal_split(self.user, self.item, self.timestamp, fraction)

@@ -11,7 +11,8 @@ from ..runs.folder import RunFolder
 #: The run settings every row shows (by flag name); then each model option that differs between
 #: the runs compared (any model's, read from its config: nothing here names one).
 RUN_SETTINGS = ("dataset", "loss", "maxlen")
-METRICS = (("test_full", "hr@10"), ("test_full", "ndcg@10"), ("test_sampled", "hr@10"), ("test_sampled", "ndcg@10"))
+METRICS = (("valid_full", "ndcg@10"), ("test_full", "hr@10"), ("test_full", "ndcg@10"), ("test_sampled", "hr@10"),
+           ("test_sampled", "ndcg@10"))
 
 
 def load_runs(dirs: list[str | Path], skipped: list[Path] | None = None) -> list[dict]:
@@ -35,7 +36,7 @@ def load_runs(dirs: list[str | Path], skipped: list[Path] | None = None) -> list
         row = {"run": folder.name, "model": cfg.describe_model(),
                **{k: flags.get(k) for k in RUN_SETTINGS}, **{k: opts.get(k) for k in differing}}
         for split, m in METRICS:
-            row[f"{split.replace('test_', '')} {m}"] = res.get(split, {}).get(m)
+            row[f"{split.replace('test_', '').replace('_full', '')} {m}"] = res.get(split, {}).get(m)
         row["best epoch"] = res.get("best_epoch")
         row["train s"] = round(res["train_time_s"]) if "train_time_s" in res else None
         rows.append(row)

@@ -28,6 +28,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -159,14 +160,23 @@ def _format_metrics(m: dict, keys=("hr@10", "ndcg@10")) -> str:
     return "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
 
 
-def train(cfg: RunConfig, log=print, resume: bool = False, overwrite: bool = False) -> dict:
+def train(cfg: RunConfig, log=print, resume: bool = False, overwrite: bool = False, *,
+          on_eval: Callable[[int, float], bool] | None = None, test: bool = True) -> dict:
     """Train ``cfg``'s model on its dataset; returns the final test metrics.
 
     ``resume=True`` continues from ``train_dir/last.pt`` with the saved configuration.
     ``train_dir`` is claimed for the session (:class:`~seqrec.runs.folder.RunClaim`): locked,
     and a folder that already holds a run is refused unless ``resume`` or ``overwrite``.
     The production profile runs the pre-flight check first and stops on a failed check.
+
+    ``on_eval(epoch, value)`` is called after every validation with the selection metric's
+    value; returning True stops the run there (a tuner's pruner): the result is then
+    ``{"pruned": True, ...}`` and no final evaluation is made. ``test=False`` never reads the
+    test split (model selection in a study); the final evaluation is on validation only.
+    A split without validation users (``loo_refit``) trains ``num_epochs`` and tests the last
+    epoch's weights.
     """
+    log = log or (lambda *a, **k: None)
     cfg = apply_profile(cfg)
     validate_config(cfg)
     rank = dist_info()[0]
@@ -177,7 +187,7 @@ def train(cfg: RunConfig, log=print, resume: bool = False, overwrite: bool = Fal
         try:
             if cfg.train.profile == "debug":  # for this run only: the caller's setting comes back
                 torch.autograd.set_detect_anomaly(True)
-            return _train(cfg, log, resume, claim)
+            return _train(cfg, log, resume, claim, on_eval, test)
         finally:
             torch.autograd.set_detect_anomaly(anomaly)
 
@@ -194,7 +204,7 @@ def _preflight_or_stop(cfg: RunConfig, log) -> None:
                          "nothing was trained. Fix it, or run without --production")
 
 
-def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim) -> dict:
+def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim, on_eval=None, test: bool = True) -> dict:
     rank, world, local_rank = dist_info()
     T, E = cfg.train, cfg.eval
     if world > 1 and not dist.is_initialized():
@@ -301,7 +311,8 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim) -> dict:
         return _reduce_metrics(m, device if device.type == "cuda" else torch.device("cpu"))
 
     t_start = time.perf_counter() - st["train_time_s"]
-    stop = False
+    stop = pruned = False
+    validates = len(valid_users) > 0  # loo_refit: no validation, the last epoch is kept
     for epoch in range(st["epoch"], T.num_epochs + 1 if not _finished(st, cfg) else 0):
         st["epoch"] = epoch
         if st["batch_in_epoch"] == 0:
@@ -393,7 +404,10 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim) -> dict:
                   "seq_per_s": seq_this_session / max(dt, 1e-9), "lr": scheduler.get_last_lr()[0]}
         msg = f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  {record['seq_per_s']:.0f} seq/s"
         early_stop = False
-        if epoch % E.every == 0 or stop or epoch == T.num_epochs:
+        if not validates:
+            st["best_epoch"] = epoch
+            checkpoint(BEST)
+        elif epoch % E.every == 0 or stop or epoch == T.num_epochs:
             t_eval = time.perf_counter()
             valid = run_eval(valid_users, valid_pos)
             record.update({f"valid_{k}": v for k, v in valid.items() if "@" in k})
@@ -414,6 +428,9 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim) -> dict:
                         group["lr"] = base * factor(scheduler.last_epoch)
                     msg += f"  lr x{T.lr_plateau_factor:g} (plateau)"
             early_stop = bool(T.patience) and st["bad_evals"] >= T.patience
+            if on_eval is not None and on_eval(epoch, float(valid[metric])):
+                pruned = early_stop = True
+                msg += "  (pruned)"
         log(msg)
         tracker.log(**record)
         # the epoch is complete: the next checkpoint starts the next epoch from its beginning
@@ -422,6 +439,8 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim) -> dict:
         st["rng_now"] = rng.bit_generator.state
         st["train_time_s"] = time.perf_counter() - t_start
         checkpoint(LAST)
+        if pruned:
+            break
         if early_stop:
             log(f"early stop: no {metric} improvement in {st['bad_evals']} evaluations")
             break
@@ -431,15 +450,25 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim) -> dict:
     train_time = time.perf_counter() - t_start
     if world > 1:
         dist.barrier()
+    if pruned:
+        summary = {"pruned": True, "best_epoch": st["best_epoch"], "epochs_run": st["epoch"] - 1, "steps": st["step"],
+                   "valid_best": st["best"], "train_time_s": train_time}
+        tracker.log(kind="event", event="pruned", **summary)
+        tracker.close()
+        return summary
     if not (run / BEST).exists():
         raise ValueError("no checkpoint was selected (the run ended before its first evaluation)")
     ckpt = load_checkpoint_file(run / BEST, map_location=device)
     model.load_state_dict(ckpt["model"])
     result = {"protocol_full": "full ranking over all items"
-              + (", user's history items excluded" if E.exclude_history else ""),
-              "split": split.name, "valid_full": run_eval(valid_users, valid_pos),
-              "test_full": run_eval(test_users, test_pos)}
-    if E.negatives:
+              + (", user's history items excluded" if E.exclude_history else ""), "split": split.name}
+    if validates:
+        result["valid_full"] = run_eval(valid_users, valid_pos)
+    if test:
+        result["test_full"] = run_eval(test_users, test_pos)
+    else:
+        result["test"] = "not evaluated (model selection: the test split is read once, for the chosen run)"
+    if E.negatives and test:
         result["protocol_sampled"] = f"{E.negatives} uniform negatives not in the user's history"
         result["test_sampled"] = run_eval(test_users, test_pos, "sampled", n_negatives=E.negatives, seed=T.seed)
     result.update(best_epoch=st["best_epoch"], epochs_run=st["epoch"] - 1, steps=st["step"], train_time_s=train_time,
@@ -459,7 +488,7 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim) -> dict:
 
 def report_lines(result: dict) -> str:
     rows = [f"best epoch {result.get('best_epoch')} (selected on validation)"]
-    for key in ("valid_full", "test_full", "test_sampled"):
+    for key in ("valid_full", "test_full", "test_sampled"):  # what the run evaluated
         if key in result:
             m = result[key]
             rows.append(f"{key:13s} HR@10 {m['hr@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  "

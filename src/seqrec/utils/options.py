@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
 from dataclasses import MISSING, dataclass, field
@@ -52,6 +53,7 @@ def sub(cls: type, help: str, prefix: str) -> Any:
     return field(default=None, metadata={"help": help, "sub": cls, "prefix": prefix})
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -149,7 +151,8 @@ def from_dict(cls: type, data: dict | None, where: str = "", base: Any = None) -
 
 # -- flat flag form -----------------------------------------------------------------------------
 
-def flags(cls: type, prefix: str = "", path: tuple[str, ...] = ()) -> list[Flag]:
+@functools.lru_cache(maxsize=None)
+def flags(cls: type, prefix: str = "", path: tuple[str, ...] = ()) -> tuple[Flag, ...]:
     """The command-line flags of ``cls`` (nested sections included, with their switch)."""
     out = []
     for f in dataclasses.fields(cls):
@@ -162,7 +165,7 @@ def flags(cls: type, prefix: str = "", path: tuple[str, ...] = ()) -> list[Flag]
         name = m.get("flag") or f"{prefix}{f.name}"
         default = f.default if f.default is not MISSING else None
         out.append(Flag(name, (*path, f.name), field_type(cls, f), default, m.get("help", ""), m.get("choices")))
-    return out
+    return tuple(out)
 
 
 def from_flags(cls: type, values: dict[str, Any], base: Any = None) -> Any:

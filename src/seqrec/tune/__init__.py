@@ -1,0 +1,1 @@
+"""Hyper-parameter studies (``seqrec tune``): search spaces over the run config, Optuna studies."""

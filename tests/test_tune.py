@@ -1,0 +1,224 @@
+"""seqrec tune: spaces checked before any trial, trials as run folders with validation-only
+selection, the pruner hook, resume after a kill, two workers on one storage, refit, phases."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from seqrec.cli import main  # noqa: E402
+from seqrec.config import load_config, resolve_config  # noqa: E402
+from seqrec.data.datasets import prepare_dataset  # noqa: E402
+from seqrec.train.trainer import train  # noqa: E402
+from seqrec.tune.space import load_space  # noqa: E402
+from seqrec.tune.study import SPACE_DIR  # noqa: E402
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return prepare_dataset("synthetic", out=tmp_path_factory.mktemp("tune") / "ds", log=None,
+                           synthetic_kwargs={"n_users": 150, "n_items": 40, "seed": 1, "max_length": 20})
+
+
+def _base(ds, *extra):
+    return ["--model", "sasrec", "--dataset", str(ds.path), "--maxlen", "10", "--hidden_units", "16",
+            "--num_epochs", "3", "--eval_negatives", "5", "--num_threads", "1", "--progress", "false",
+            "--device", "cpu", "--patience", "0", *extra]
+
+
+def _space(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+LR = "lr: {type: float, low: 1.0e-3, high: 2.0e-2, log: true}\n"
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _trials(study_dir, name="seqrec"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}").get_trials()
+
+
+# -- spaces ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ("lr: {type: float, low: 1.0e-3, high: 1.0e-2}\nhiden_units: {type: int, low: 16, high: 64}\n",
+     "line 2: 'hiden_units' is not a setting of sasrec \\(did you mean 'hidden_units'\\?\\)"),
+    ("lr: {type: float, low: 1.0e-2, high: 1.0e-3}\n", "line 1: lr: the range \\[0.01, 0.001\\] is inverted"),
+    ("dropout_rate: {type: float, low: 0.2, high: 0.2}\n", "line 1: dropout_rate: the range .* is empty"),
+    ("num_heads: {type: categorical, choices: [one, two]}\n", "line 1: num_heads must be an integer.*wrong type"),
+    ("\nmetric: auc@10\nlr: {type: float, low: 1.0e-3, high: 1.0e-2}\n", "line 2: metric must look like ndcg@10"),
+    ("hidden_units: {type: int, low: 16, high: 48, step: 8}\nnum_heads: {type: categorical, choices: [1, 2, 16]}\n",
+     "line 1: the space can sample a broken configuration \\(hidden_units=24, num_heads=16\\).*divisible by num_heads"),
+    ("lr: {type: float, low: 0.0, high: 1.0e-2, log: true}\n", "a log range needs low > 0"),
+    ("s5_state: {type: int, low: 8, high: 16}\n", "'s5_state' is not a setting of sasrec"),
+    ("dataset: {type: categorical, choices: [a, b]}\n", "'dataset' is fixed for a study"),
+    ("dropout_rate: {type: float, low: 0.0, high: 1.5}\n", "--dropout_rate must be in \\[0, 1\\)"),
+])
+def test_bad_spaces_stop_before_any_trial_naming_the_line(text, message, ds, tmp_path, capsys):
+    path = _space(tmp_path, text)
+    with pytest.raises(ValueError, match=message):
+        load_space(path, resolve_config({"model": "sasrec"}))
+    assert main(["tune", *_base(ds), "--space", str(path), "--trials", "2", "--study_dir", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s" / "trials").exists()  # nothing ran
+
+
+def test_the_seeds_guide_ships_as_valid_spaces():
+    for name, model in (("capacity", "sasrec"), ("lr", "sasrec"), ("regularisation", "ss4rec"), ("mhc", "tisasrec"),
+                        ("time", "tisasrec")):
+        space = load_space(SPACE_DIR / f"{name}.yaml", resolve_config({"model": model}))
+        assert space.params
+    cap = {p.name: p for p in load_space(SPACE_DIR / "capacity.yaml", resolve_config({"model": "sasrec"})).params}
+    assert (cap["hidden_units"].low, cap["hidden_units"].high, cap["num_blocks"].high) == (48, 512, 6)
+    with pytest.raises(ValueError, match="'mhc_expansion_rate' is not a setting of ss4rec"):
+        load_space(SPACE_DIR / "mhc.yaml", resolve_config({"model": "ss4rec"}))
+
+
+# -- the trainer's hooks ------------------------------------------------------------------------
+
+def test_on_eval_can_stop_a_run_and_test_false_never_tests(ds, tmp_path):
+    seen = []
+    cfg = resolve_config({"model": "sasrec", "dataset": str(ds.path), "train_dir": str(tmp_path / "p"), "maxlen": 10,
+                          "hidden_units": 16, "num_epochs": 5, "eval_negatives": 5, "progress": False, "device": "cpu"})
+    res = train(cfg, log=None, on_eval=lambda e, v: seen.append((e, v)) or e == 2)
+    assert res["pruned"] and res["epochs_run"] == 2 and [e for e, _ in seen] == [1, 2]
+    assert not (tmp_path / "p" / "test_metrics.json").exists()
+    res = train(cfg.replace(train={"train_dir": str(tmp_path / "q"), "num_epochs": 2}), log=None, test=False)
+    assert "test_full" not in res and "test_sampled" not in res and "valid_full" in res
+
+
+def test_loo_refit_trains_on_the_validation_item(ds):
+    loo, refit = ds.eval_split("loo"), ds.eval_split("loo_refit")
+    users = loo.test_users
+    assert (refit.train_end[users - 1] == loo.test_pos).all() and (loo.train_end[users - 1] == loo.valid_pos).all()
+    assert len(refit.valid_users) == 0 and (refit.test_pos == loo.test_pos).all()
+
+
+# -- studies -----------------------------------------------------------------------------------
+
+def test_a_study_end_to_end(ds, tmp_path, capsys):
+    study = tmp_path / "study"
+    space = _space(tmp_path, LR + "dropout_rate: {type: float, low: 0.0, high: 0.5}\n")
+    assert main(["tune", *_base(ds), "--space", str(space), "--trials", "4", "--study_dir", str(study),
+                 "--refit"]) == 0
+    trials = _trials(study)
+    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    for t in trials:  # a real run folder, whose test split was never read
+        run = Path(t.user_attrs["train_dir"])
+        assert (run / "config.yaml").exists() and (run / "best.pt").exists()
+        if t.state.name == "COMPLETE":
+            assert "test_full" not in json.loads((run / "test_metrics.json").read_text())
+    summary = json.loads((study / "summary.json").read_text())
+    best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
+    assert summary["best_trial"] == best.number and summary["best_valid"] == pytest.approx(best.value)
+    assert summary["test"]["full"]["n_users"] == 150  # tested once, on test
+    refit = summary["refit"]
+    assert refit["epochs"] == best.user_attrs["best_epoch"] and "refit" in refit["protocol"]
+    assert load_config(study / "refit" / "config.yaml").data.split == "loo_refit"
+    text = (study / "study.md").read_text()
+    assert "| # | state | lr | dropout_rate |" in text and "refit (" in text and "history.png" in text
+    assert (study / "history.png").stat().st_size > 1000
+    best_cfg = load_config(study / "best.yaml")
+    assert best_cfg.train.lr == pytest.approx(best.params["lr"]) and best_cfg.train.train_dir == str(study / "best")
+    assert main(["train", "--config", str(study / "best.yaml"), "--num_epochs", "1"]) == 0  # runs as it is
+    capsys.readouterr()
+    assert main(["compare", *map(str, sorted((study / "trials").iterdir()))]) == 0
+    assert "valid ndcg@10" in capsys.readouterr().out
+
+
+def test_running_the_same_command_again_continues_the_study(ds, tmp_path):
+    study, space = tmp_path / "s", _space(tmp_path, LR)
+    argv = ["tune", *_base(ds), "--space", str(space), "--study_dir", str(study)]
+    assert main([*argv, "--trials", "2"]) == 0
+    first = [(t.number, t.value) for t in _trials(study)]
+    assert main([*argv, "--trials", "3"]) == 0
+    again = [(t.number, t.value) for t in _trials(study)]
+    assert again[:2] == first and len(again) == 3  # kept, and one more
+    assert main([*argv[:-2], "--study_dir", str(study), "--trials", "3", "--num_epochs", "2"]) == 2  # changed base
+
+
+@pytest.mark.slow
+def test_a_killed_study_continues_and_reruns_the_interrupted_trial(ds, tmp_path):
+    study, space = tmp_path / "k", _space(tmp_path, LR)
+    argv = [sys.executable, "-m", "seqrec", "tune", *_base(ds, "--num_epochs", "40"), "--space", str(space),
+            "--study_dir", str(study), "--trials", "2", "--pruner", "none"]
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (study / "trials" / "seqrec-0001" / "last.pt").exists():  # the second trial is training
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    states = [t.state.name for t in _trials(study)]
+    assert states == ["COMPLETE", "RUNNING"]  # what the kill leaves in the database
+    again = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = _trials(study)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_storage(ds, tmp_path):
+    study, space = tmp_path / "w", _space(tmp_path, LR + "dropout_rate: {type: float, low: 0.0, high: 0.5}\n")
+    journal = tmp_path / "journal.log"
+    res = subprocess.run([sys.executable, "-m", "seqrec", "tune", *_base(ds), "--space", str(space), "--study_dir",
+                          str(study), "--trials", "6", "--n_jobs", "2", "--storage", f"journal:{journal}"],
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    trials = optuna.load_study(study_name="seqrec", storage=storage).get_trials()
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert 6 <= len(finished) <= 7  # a worker may start one more before it sees the count
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2  # both worked on the one study
+    assert (study / "study.md").exists() and (study / "best_test.json").exists()
+
+
+def test_phases_start_from_the_best_of_the_one_before(ds, tmp_path):
+    a = _space(tmp_path, "hidden_units: {type: categorical, choices: [8, 24]}\n", "a.yaml")
+    b = _space(tmp_path, LR, "b.yaml")
+    study = tmp_path / "ph"
+    assert main(["tune", *_base(ds), "--phases", f"{a},{b}", "--trials", "2", "--study_dir", str(study),
+                 "--sampler", "random"]) == 0
+    first = _trials(study, "seqrec-a")
+    best_hidden = max((t for t in first if t.value is not None), key=lambda t: t.value).params["hidden_units"]
+    for t in _trials(study, "seqrec-b"):
+        assert load_config(Path(t.user_attrs["train_dir"]) / "config.yaml").model.hidden_units == best_hidden
+    assert load_config(study / "best.yaml").model.hidden_units == best_hidden
+
+
+def test_grid_sampler_and_a_bad_metric(ds, tmp_path, capsys):
+    space = _space(tmp_path, "hidden_units: {type: categorical, choices: [8, 16]}\n")
+    study = tmp_path / "g"
+    assert main(["tune", *_base(ds), "--space", str(space), "--trials", "2", "--sampler", "grid",
+                 "--study_dir", str(study)]) == 0
+    assert sorted(t.params["hidden_units"] for t in _trials(study)) == [8, 16]
+    assert main(["tune", *_base(ds), "--space", str(space), "--trials", "1", "--study_dir", str(tmp_path / "m"),
+                 "--tune_metric", "auc@10"]) == 2
+    assert "--tune_metric" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "trials").exists()
