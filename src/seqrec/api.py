@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -131,7 +132,7 @@ class _IdMap:
 
 
 def sequence_batch(item: np.ndarray, timestamp: np.ndarray, start: np.ndarray, end: np.ndarray, maxlen: int,
-                   users: np.ndarray, with_time: bool) -> dict[str, torch.Tensor]:
+                   users: np.ndarray, with_time: bool, next_times: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The model input for predicting the item after each slice ``start[r]:end[r]`` of the
     flat arrays (the batch dict of :mod:`seqrec.train.batches`, window trimmed to the
     longest row; see the module docstring for the time features)."""
@@ -150,9 +151,25 @@ def sequence_batch(item: np.ndarray, timestamp: np.ndarray, start: np.ndarray, e
         # the last column is always a real item (windows are right-aligned): its successor is
         # the recommended item, expected one median gap after the last interaction
         nxt[:, -1] = ts[:, -1] + np.round(median_gap).astype(np.int64)
+        if next_times is not None:  # the caller knows when the next event happens (-1: not given)
+            given = np.asarray(next_times, dtype=np.int64) >= 0
+            nxt[given, -1] = np.asarray(next_times, dtype=np.int64)[given]
         batch.update(timestamps=torch.from_numpy(ts), next_timestamps=torch.from_numpy(nxt),
                      time_scale=torch.from_numpy(min_gap))
     return batch
+
+
+@dataclass(frozen=True)
+class Query:
+    """One checked request (see :meth:`Recommender.query`): internal item ids and timestamps of
+    the history, the next event's time (-1: not given), how many items, whether to exclude seen."""
+
+    user: int
+    items: np.ndarray
+    timestamps: np.ndarray
+    next_time: int
+    k: int
+    exclude_seen: bool
 
 
 class Recommender:
@@ -252,6 +269,114 @@ class Recommender:
             out += self._top_k(batch, seen, k, exclude_seen)
         return out
 
+    def recommend_table(self, users: Sequence[Any] | None = None, k: int = 10, *, exclude_seen: bool = True,
+                        chunk_size: int = 1024, progress: bool = False) -> pl.DataFrame:
+        """Top-``k`` for many users as one table: columns ``user``, ``rank``, ``item`` (raw ids)
+        and ``score``, ``k`` rows per user in the order given (default: every user of the data
+        set). One forward pass per ``chunk_size`` users; memory stays bounded by the chunk (the
+        table itself holds ``k`` rows per user). Unknown users raise before any work."""
+        if users is None:
+            uid = np.arange(1, self.n_users + 1, dtype=np.int64)
+        else:
+            users = list(users)
+            ids = [self._users.lookup(u) for u in users]
+            missing = [u for u, i in zip(users, ids) if i is None]
+            if missing:
+                raise self._users.unknown(missing)
+            uid = np.asarray(ids, dtype=np.int64)
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        from tqdm.auto import tqdm
+
+        start, end = self._offsets[uid], self._offsets[uid + 1]
+        kk = min(int(k), self.n_items)
+        parts_u, parts_i, parts_s = [], [], []
+        with tqdm(total=len(uid), unit="user", desc="recommend", disable=not progress) as bar:
+            for c in range(0, len(uid), chunk_size):
+                sl = slice(c, c + chunk_size)
+                batch = sequence_batch(self._item, self._timestamp, start[sl], end[sl], self.maxlen, uid[sl],
+                                       self.uses_time)
+                seen = [self._item[a:b] for a, b in zip(start[sl], end[sl])] if exclude_seen else None
+                top_s, top_i = self._top_k_arrays(batch, seen, kk)
+                parts_u.append(np.repeat(uid[sl], kk))
+                parts_i.append(top_i.reshape(-1))
+                parts_s.append(top_s.reshape(-1))
+                bar.update(len(uid[sl]))
+        u = np.concatenate(parts_u) if parts_u else np.zeros(0, np.int64)
+        i = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
+        sc = np.concatenate(parts_s) if parts_s else np.zeros(0, np.float32)
+        keep = np.isfinite(sc)  # fewer than k items left after the exclusions
+        rank = np.tile(np.arange(1, kk + 1, dtype=np.int32), len(uid))
+        user_raw = pl.Series("user", self._users.raw_by_id[1:], dtype=self._users.dtype)
+        item_raw = pl.Series("item", self._items.raw_by_id[1:], dtype=self._items.dtype)
+        return pl.DataFrame({
+            "user": user_raw.gather(pl.Series(u[keep] - 1)),
+            "rank": pl.Series(rank[keep], dtype=pl.Int32),
+            "item": item_raw.gather(pl.Series(i[keep] - 1)),
+            "score": pl.Series(sc[keep].astype(np.float32), dtype=pl.Float32),
+        })
+
+    # -- queries: one validated request each, many answered in one forward pass ------------
+    def query(self, user: Any = None, *, history: Sequence[Any] | None = None,
+              timestamps: Sequence[float] | None = None, next_time: float | str | None = None, k: int = 10,
+              exclude_seen: bool = True) -> "Query":
+        """Check one request and turn it into arrays (raises ``UnknownIdError`` / ``ValueError``
+        with the reason): a known ``user`` or a ``history``; ``next_time`` (Unix seconds, or
+        ``"now"``) is when the recommended interaction happens, for time-aware models; without
+        it the last interaction plus the history's median gap is assumed."""
+        if (user is None) == (history is None):
+            raise ValueError("give either user (a user of the data set) or history (item ids), not both")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= self.n_items:
+            raise ValueError(f"k must be an integer in 1..{self.n_items} (the catalogue), got {k!r}")
+        if user is not None:
+            if timestamps is not None:
+                raise ValueError("timestamps go with history; a user's timestamps come from the data set")
+            uid = self.user_id(user)
+            s, e = self._offsets[uid], self._offsets[uid + 1]
+            items, ts = np.asarray(self._item[s:e], dtype=np.int64), np.asarray(self._timestamp[s:e], dtype=np.int64)
+        else:
+            uid = 0
+            items = self._history_ids(history)
+            ts = self._history_times(timestamps, len(items))
+        nt = -1
+        if next_time is not None:
+            if next_time == "now":
+                nt = int(time.time())
+            else:
+                try:
+                    nt = int(float(next_time))
+                except (TypeError, ValueError):
+                    raise ValueError(f"next_time must be Unix seconds or \"now\", got {next_time!r}") from None
+                if nt < 0:
+                    raise ValueError(f"next_time must be >= 0 Unix seconds, got {next_time!r}")
+        return Query(uid, items, ts, nt, int(k), bool(exclude_seen))
+
+    def answer(self, queries: Sequence["Query"]) -> list[list[dict]]:
+        """The recommendations of many queries, in order, from one forward pass."""
+        if not queries:
+            return []
+        lengths = np.array([len(q.items) for q in queries], dtype=np.int64)
+        end = np.cumsum(lengths)
+        start = end - lengths
+        items = np.concatenate([q.items for q in queries])
+        ts = np.concatenate([q.timestamps for q in queries])
+        nxt = np.array([q.next_time for q in queries], dtype=np.int64)
+        batch = sequence_batch(items, ts, start, end, self.maxlen, np.array([q.user for q in queries]),
+                               self.uses_time, nxt if (nxt >= 0).any() else None)
+        seen = [q.items if q.exclude_seen else q.items[:0] for q in queries]
+        kk = max(q.k for q in queries)
+        top_s, top_i = self._top_k_arrays(batch, seen, kk)
+        return [self._records(top_s[r, : q.k], top_i[r, : q.k]) for r, q in enumerate(queries)]
+
+    def _records(self, scores: np.ndarray, items: np.ndarray) -> list[dict]:
+        recs = []
+        for s, i in zip(scores.tolist(), items.tolist()):
+            if s == float("-inf"):  # fewer than k items left after the exclusions
+                break
+            recs.append({"rank": len(recs) + 1, "item": self._items.raw_by_id[i], "item_id": i, "score": s,
+                         "title": self._titles[i] if self._titles is not None else None})
+        return recs
+
     # -- internals ------------------------------------------------------------------------
     def _history_ids(self, history: Sequence[Any]) -> np.ndarray:
         if isinstance(history, (str, bytes)) or not isinstance(history, Iterable):
@@ -280,20 +405,25 @@ class Recommender:
         return ts.astype(np.int64)
 
     @torch.inference_mode()
+    def _top_k_arrays(self, batch: dict[str, torch.Tensor], seen: list[np.ndarray] | None, k: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, items) ``[B, k]`` of the best items, padding and ``seen`` excluded (-inf)."""
+        batch = {key: v.to(self.device) for key, v in batch.items()}
+        scores = self.model.predict(batch).float()  # (B, n_items + 1)
+        scores[:, 0] = float("-inf")
+        if seen is not None:
+            rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
+            cols = np.concatenate(seen).astype(np.int64) if len(rows) else np.zeros(0, dtype=np.int64)
+            scores[torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)] = float("-inf")
+        top_scores, top_items = torch.topk(scores, k, dim=1)
+        return top_scores.cpu().numpy(), top_items.cpu().numpy()
+
     def _top_k(self, batch: dict[str, torch.Tensor], seen: list[np.ndarray] | None, k: int,
                exclude_seen: bool) -> list[list[dict]]:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        batch = {key: v.to(self.device) for key, v in batch.items()}
-        scores = self.model.predict(batch).float()  # (B, n_items + 1)
-        scores[:, 0] = float("-inf")
-        if exclude_seen and seen is not None:
-            rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
-            cols = np.concatenate(seen).astype(np.int64) if len(rows) else np.zeros(0, dtype=np.int64)
-            scores[torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)] = float("-inf")
         kk = min(int(k), self.n_items)
-        top_scores, top_items = torch.topk(scores, kk, dim=1)
-        top_scores, top_items = top_scores.cpu().numpy(), top_items.cpu().numpy()
+        top_scores, top_items = self._top_k_arrays(batch, seen if exclude_seen else None, kk)
         out = []
         for srow, irow in zip(top_scores, top_items):
             recs = []

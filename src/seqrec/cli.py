@@ -317,8 +317,13 @@ def cmd_tune(argv: list[str]) -> int:
         threads = max(1, (os.cpu_count() or 1) // args.n_jobs)
         rest = [a for a in argv if a != "--refit"]
         procs = []
+        import torch
+
+        gpus = torch.cuda.device_count()
         for i in range(args.n_jobs):
             env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            if gpus:  # one trial per device: worker i sees device i (round robin past the count)
+                env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
             cmd = [sys.executable, "-m", "seqrec", "tune", *rest, "--n_jobs", "1", "--worker",
                    "--num_threads", str(threads), "--tune_seed", str(args.tune_seed + i)]
             procs.append(subprocess.Popen(cmd, env=env))
@@ -450,10 +455,17 @@ def _add_recommend(sub) -> None:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user id as in the source data")
     who.add_argument("--history", help="comma-separated item ids (source ids), oldest first")
+    who.add_argument("--all", action="store_true", help="batch: every user of the dataset, written to --out")
+    who.add_argument("--users", metavar="FILE", help="batch: the users listed in FILE (one source id per line, or a "
+                     ".csv/.parquet with a 'user' column), written to --out")
     p.add_argument("--timestamps", help="comma-separated Unix seconds aligned with --history (time-aware models)")
     p.add_argument("--k", type=int, default=10, help="how many items")
     p.add_argument("--include_seen", action="store_true", help="allow items already in the history")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--out", help="batch: the Parquet file to write (columns user, rank, item, score; source ids), "
+                   "written atomically")
+    p.add_argument("--chunk_size", type=int, default=1024, help="batch: users per forward pass (bounds the memory)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
+                   help="default: cpu for one user, auto (the GPU when there is one) for a batch")
     p.set_defaults(func=cmd_recommend)
 
 
@@ -468,10 +480,53 @@ def _unix_seconds(text: str) -> int:
     return int(value)
 
 
+def _read_users(path: str) -> list:
+    """Source user ids from a text file (one per line; blank lines skipped) or a table with a
+    ``user`` column (.csv, .parquet)."""
+    import polars as pl
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--users {p}: no such file")
+    if p.suffix in (".parquet", ".csv"):
+        frame = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema_length=0)
+        if "user" not in frame.columns:
+            raise ValueError(f"--users {p}: no 'user' column (columns: {', '.join(frame.columns)})")
+        return frame["user"].to_list()
+    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def cmd_recommend_batch(args) -> int:
+    import time
+
+    from .api import load
+    from .utils.io import atomic_path
+
+    if not args.out:
+        raise ValueError("--all / --users write a table: give --out FILE.parquet")
+    if not str(args.out).endswith(".parquet"):
+        raise ValueError(f"--out {args.out}: the batch output is a Parquet file (NAME.parquet)")
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk_size must be a positive integer, got {args.chunk_size}")
+    users = _read_users(args.users) if args.users else None
+    rec = load(args.run_dir, device=args.device or "auto")
+    t0 = time.perf_counter()
+    table = rec.recommend_table(users, k=args.k, exclude_seen=not args.include_seen, chunk_size=args.chunk_size,
+                                progress=True)
+    with atomic_path(args.out) as tmp:
+        table.write_parquet(tmp)
+    n = table["user"].n_unique()
+    print(f"wrote {args.out}: {table.height:,} rows, {n:,} users x top {args.k} in {time.perf_counter() - t0:.1f} s "
+          f"on {rec.device}")
+    return 0
+
+
 def cmd_recommend(args) -> int:
     from .api import load
 
-    rec = load(args.run_dir, device=args.device)
+    if args.all or args.users:
+        return cmd_recommend_batch(args)
+    rec = load(args.run_dir, device=args.device or "cpu")
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     kw = {"k": args.k, "exclude_seen": not args.include_seen}
     if args.user is not None:
@@ -484,6 +539,29 @@ def cmd_recommend(args) -> int:
     for r in top:
         title = f"  {r['title']}" if r.get("title") else ""
         print(f"{r['rank']:3d}. item {r['item']}{title}  (score {r['score']:.3f})")
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve a run's recommendations over HTTP (FastAPI; needs seqrec[serve])",
+                       description="POST /recommend, POST /recommend/batch, GET /health, GET /model; OpenAPI docs at "
+                       "/docs. Concurrent requests are answered by one forward pass (micro-batching).")
+    p.add_argument("run_dir", help="a finished run folder (loaded once, at start)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--max_batch", type=int, default=64, help="most requests answered by one forward pass")
+    p.add_argument("--max_wait_ms", type=float, default=2.0, help="how long a request waits for others to join it")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    if args.max_batch < 1 or args.max_wait_ms < 0 or not 0 < args.port < 65536:
+        raise ValueError("--max_batch must be >= 1, --max_wait_ms >= 0 and --port in 1..65535")
+    serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, log=functools.partial(print, flush=True))
     return 0
 
 
@@ -520,7 +598,7 @@ _COMMANDS = [_add_prepare, _add_info, _add_export,
                                        "`seqrec train --model NAME --help` lists NAME's options"),
              lambda sub: _add_run_stub(sub, "tune", "hyper-parameter study on Optuna (validation-only selection, "
                                        "resumable, several workers on one storage)"),
-             _add_evaluate, _add_recommend, _add_compare, _add_report]
+             _add_evaluate, _add_recommend, _add_serve, _add_compare, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,31 +96,25 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.out_dropout = Dropout(dropout)
 
-    #: ``forward`` takes ``kv=`` (keys and values from another tensor than the queries'),
-    #: which :class:`~seqrec.models.layers.residual.SASRecCodeResidual` uses.
-    accepts_kv = True
-
-    def project_qkv(self, x: Tensor, last_only: bool = False, kv: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``q, k, v`` of ``x`` [B, L, D] (``q`` of the last position only when ``last_only``;
-        ``k, v`` of ``kv`` when given).
+    def project_qkv(self, x: Tensor, last_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """``q, k, v`` of ``x`` [B, L, D] (``q`` of the last position only when ``last_only``).
 
         The projections are separate modules (readable state dicts) but run as one matmul
         with the weights concatenated: one pass over ``x`` instead of three.
         """
-        if last_only or kv is not None:
-            kv = F.linear(x if kv is None else kv, torch.cat([self.k_proj.weight, self.v_proj.weight]),
+        if last_only:
+            kv = F.linear(x, torch.cat([self.k_proj.weight, self.v_proj.weight]),
                           torch.cat([self.k_proj.bias, self.v_proj.bias]))
-            return (self.q_proj(x[:, -1:] if last_only else x), *kv.chunk(2, dim=-1))
+            return (self.q_proj(x[:, -1:]), *kv.chunk(2, dim=-1))
         qkv = F.linear(x, torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]),
                        torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
         return qkv.chunk(3, dim=-1)
 
-    def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False, kv: Tensor | None = None) -> Tensor:
-        """``last_only``: queries from the last position only -> ``[B, 1, D]``; ``kv``: keys
-        and values from this ``[B, L, D]`` tensor instead of ``x``."""
+    def forward(self, x: Tensor, attn_mask: Tensor, last_only: bool = False) -> Tensor:
+        """``last_only``: queries from the last position only -> ``[B, 1, D]``."""
         if last_only:
             attn_mask = attn_mask[..., -1:, :]
-        q, k, v = (_split_heads(t, self.n_heads) for t in self.project_qkv(x, last_only, kv))  # (B, H, L, Dh)
+        q, k, v = (_split_heads(t, self.n_heads) for t in self.project_qkv(x, last_only))  # (B, H, L, Dh)
         p = self.dropout if self.training else 0.0
         # On CPU, SDPA with dropout falls back to an unfused path that is slower than the
         # manual one with seqrec's byte dropout; the fused kernel serves everything else.
@@ -177,7 +171,6 @@ class TimeIntervalSelfAttention(CausalSelfAttention):
         rel_k: Tensor,
         rel_v: Tensor,
         last_only: bool = False,
-        kv: Tensor | None = None,
     ) -> Tensor:
         H = self.n_heads
         B, L, D = x.shape
@@ -185,7 +178,7 @@ class TimeIntervalSelfAttention(CausalSelfAttention):
         if last_only:  # queries from the last position only -> [B, 1, D]
             attn_mask, relation = attn_mask[..., -1:, :], relation[:, -1:, :]
         Lq = relation.shape[1]
-        q, k, v = self.project_qkv(x, last_only, kv)
+        q, k, v = self.project_qkv(x, last_only)
         q = _split_heads(q, H)  # (B, H, Lq, Dh)
         k = _split_heads(k + pos_k, H)  # (B, H, L, Dh)
         v = _split_heads(v + pos_v, H)  # (B, H, L, Dh)
