@@ -104,7 +104,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-RUN_COMMANDS = ("train", "verify", "tune")
+RUN_COMMANDS = ("train", "verify", "tune", "pipeline")
 RESUMABLE_OVERRIDES = ("num_threads", "progress", "device")
 SECTION_TITLES = {"data": "data", "train": "training", "eval": "evaluation", "track": "tracking"}
 
@@ -160,6 +160,10 @@ def run_parser(command: str, model_name: str) -> argparse.ArgumentParser:
                   "fused kernels), dataset presence and checksums, one forward/backward/optimizer step on a real "
                   "batch, peak memory per batch size against the device's memory, disk space for checkpoints. "
                   "Exits 1 when any check fails. Takes the same settings as `seqrec train`.",
+        "pipeline": "The rented-GPU flow as one command: fetch -> prepare -> verify -> debug run -> production run -> "
+                    "report, everything under --out (DIR/pipeline.json records the stages: the same command after a "
+                    "kill or preemption skips what is done and resumes the production run exactly). --debug stops "
+                    "after the debug run. The run settings are those of `seqrec train`.",
         "tune": "A hyper-parameter study on Optuna: every trial is a run folder under --study_dir/trials, trained "
                 "with the settings of the base config (--config and the flags below, as for `seqrec train`) and "
                 "the values the sampler draws from --space (or each of --phases in turn, each starting from the best "
@@ -181,6 +185,13 @@ def run_parser(command: str, model_name: str) -> argparse.ArgumentParser:
                       "WANDB_API_KEY is set (src/seqrec/profiles/production.yaml)")
     if command == "tune":
         _add_tune_arguments(p)
+    if command == "pipeline":
+        g = p.add_argument_group("pipeline")
+        g.add_argument("--out", required=True, help="the pipeline's folder (a mounted volume on a rented box)")
+        g.add_argument("--data", help="a local ratings file or folder, or an http(s)/file URL of a raw file or of a zip "
+                       "of a prepared dataset folder (default: the dataset's own download)")
+        g.add_argument("--restart", action="store_true", help="start over when the configuration changed")
+        g.add_argument("--price_per_hour", type=float, help="show the estimated cost of the production run")
     if command == "train":
         p.add_argument("--resume", metavar="DIR", help="continue a stopped or killed run from DIR/last.pt with its "
                        "saved config (only --num_threads, --progress and --device may be changed)")
@@ -224,7 +235,8 @@ def _parse_run_args(command: str, argv: list[str]) -> tuple[argparse.Namespace, 
         close = difflib.get_close_matches(flag, sorted(set(table) | {"config", "model", "resume", "overwrite"}), n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""
         raise ValueError(f"unrecognised argument {bad!r}{hint}")
-    skip = {"config", "debug", "production", "resume", "overwrite", *TUNE_ARGS}
+    skip = {"config", "debug", "production", "resume", "overwrite", "out", "data", "restart", "price_per_hour",
+            *TUNE_ARGS}
     flags = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     if args.debug or args.production:
         flags["profile"] = "debug" if args.debug else "production"
@@ -337,6 +349,28 @@ def cmd_tune(argv: list[str]) -> int:
         import json
 
         log(json.dumps({k: summary[k] for k in ("metric", "best_trial", "best_valid", "best_params")}, default=str))
+    return 0
+
+
+def cmd_pipeline(argv: list[str]) -> int:
+    from .config import resolve_config
+    from .pipeline import Pipeline
+    from .train.trainer import TrainingStopped
+
+    args, flags = _parse_run_args("pipeline", argv)
+    flags.pop("profile", None)  # the stages choose their profiles
+    if args.price_per_hour is not None and args.price_per_hour < 0:
+        raise ValueError("--price_per_hour must be >= 0")
+    cfg = resolve_config(flags, args.config)
+    if not cfg.data.dataset:
+        raise ValueError("--dataset is required (in --config or on the command line)")
+    pipe = Pipeline(cfg, args.out, data=args.data, debug_only=args.debug, restart=args.restart,
+                    price_per_hour=args.price_per_hour, log=functools.partial(print, flush=True))
+    try:
+        pipe.run()
+    except TrainingStopped as exc:
+        print(f"seqrec pipeline: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -596,6 +630,8 @@ _COMMANDS = [_add_prepare, _add_info, _add_export,
                                        "one step, memory, disk)"),
              lambda sub: _add_run_stub(sub, "train", "train a model (SASRec, TiSASRec, SS4Rec, ...) and evaluate it; "
                                        "`seqrec train --model NAME --help` lists NAME's options"),
+             lambda sub: _add_run_stub(sub, "pipeline", "the whole rented-GPU flow (fetch, prepare, verify, debug, "
+                                       "production, report), resumable after a kill"),
              lambda sub: _add_run_stub(sub, "tune", "hyper-parameter study on Optuna (validation-only selection, "
                                        "resumable, several workers on one storage)"),
              _add_evaluate, _add_recommend, _add_serve, _add_compare, _add_report]
@@ -604,7 +640,8 @@ _COMMANDS = [_add_prepare, _add_info, _add_export,
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in RUN_COMMANDS:
-        command, run = argv[0], {"train": cmd_train, "verify": cmd_verify, "tune": cmd_tune}[argv[0]]
+        command, run = argv[0], {"train": cmd_train, "verify": cmd_verify, "tune": cmd_tune,
+                                 "pipeline": cmd_pipeline}[argv[0]]
         return _guarded(command, lambda: run(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)

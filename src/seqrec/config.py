@@ -99,6 +99,8 @@ class TrainConfig:
                                     "the production profile sets 10)", low=0)
     debug_users: int = opt(0, "train and evaluate on this many random users only (0: all; --debug sets 512)",
                            low=0)
+    max_hours: float = opt(0.0, "stop cleanly with a checkpoint after this many hours of training in this session "
+                           "(0: no limit); --resume continues", low=0)
     profile: str | None = opt(None, "debug or production (set by --debug / --production)", choices=PROFILES)
 
 

@@ -364,3 +364,52 @@ def _extract(src: Source, zip_path: Path, target: Path, *, url: str, md5: str) -
             raise DownloadError(f"{url}: the archive has no {src.ratings}")
         info = {"name": src.name, "url": url, "md5": md5, "fetched": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def download_resumable(url: str, dest: str | os.PathLike, *, progress: bool = True, md5: str | None = None) -> Path:
+    """Download ``url`` to ``dest``, continuing a partial ``dest.part`` left by an interrupted
+    run (an HTTP Range request; a server without ranges starts over). The file appears at
+    ``dest`` only when complete (and, with ``md5``, verified); ``file://`` URLs work too."""
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "seqrec"}
+    if have and not url.startswith("file:"):
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+    except (OSError, ValueError) as exc:
+        raise DownloadError(f"could not download {url}: {_reason(exc)}") from exc
+    with response:
+        status = getattr(response, "status", 200)
+        resumed = have and status == 206
+        if not resumed:
+            have = 0
+        total = response.headers.get("Content-Length")
+        total = int(total) + have if total and total.isdigit() else None
+        with open(part, "ab" if resumed else "wb") as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                               unit_divisor=1024, desc=dest.name,
+                                                               disable=not progress) as bar:
+            while True:
+                try:
+                    block = response.read(CHUNK)
+                except OSError as exc:
+                    raise DownloadError(f"download of {url} failed after {part.stat().st_size} bytes: "
+                                        f"{_reason(exc)}; run again to continue it") from exc
+                if not block:
+                    break
+                out.write(block)
+                bar.update(len(block))
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise DownloadError(f"download of {url} is truncated: {size} of {total} bytes; run again to continue it")
+    if md5 is not None:
+        actual = file_md5(part)
+        if actual != md5.lower():
+            part.unlink()
+            raise ChecksumError(f"{url}: md5 {actual} is not the expected {md5}; the download was deleted")
+    os.replace(part, dest)
+    return dest

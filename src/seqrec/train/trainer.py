@@ -161,7 +161,7 @@ def _format_metrics(m: dict, keys=("hr@10", "ndcg@10")) -> str:
 
 
 def train(cfg: RunConfig, log=print, resume: bool = False, overwrite: bool = False, *,
-          on_eval: Callable[[int, float], bool] | None = None, test: bool = True) -> dict:
+          on_eval: Callable[[int, float], bool] | None = None, test: bool = True, preflight: bool = True) -> dict:
     """Train ``cfg``'s model on its dataset; returns the final test metrics.
 
     ``resume=True`` continues from ``train_dir/last.pt`` with the saved configuration.
@@ -174,7 +174,9 @@ def train(cfg: RunConfig, log=print, resume: bool = False, overwrite: bool = Fal
     ``{"pruned": True, ...}`` and no final evaluation is made. ``test=False`` never reads the
     test split (model selection in a study); the final evaluation is on validation only.
     A split without validation users (``loo_refit``) trains ``num_epochs`` and tests the last
-    epoch's weights.
+    epoch's weights. ``preflight=False`` skips the production profile's pre-flight check (a
+    caller that has just run it). ``train.max_hours`` stops the session with ``last.pt`` and
+    :class:`TrainingStopped` once that much time has passed; ``resume`` continues.
     """
     log = log or (lambda *a, **k: None)
     cfg = apply_profile(cfg)
@@ -182,7 +184,7 @@ def train(cfg: RunConfig, log=print, resume: bool = False, overwrite: bool = Fal
     rank = dist_info()[0]
     anomaly = torch.is_anomaly_enabled()
     with RunClaim(cfg.train.train_dir, resume=resume, overwrite=overwrite, log=log, enabled=rank == 0) as claim:
-        if cfg.train.profile == "production" and not resume and rank == 0:
+        if cfg.train.profile == "production" and not resume and rank == 0 and preflight:
             _preflight_or_stop(cfg, log)
         try:
             if cfg.train.profile == "debug":  # for this run only: the caller's setting comes back
@@ -311,6 +313,7 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim, on_eval=None, tes
         return _reduce_metrics(m, device if device.type == "cuda" else torch.device("cpu"))
 
     t_start = time.perf_counter() - st["train_time_s"]
+    session_start = time.monotonic()
     stop = pruned = False
     validates = len(valid_users) > 0  # loo_refit: no validation, the last epoch is kept
     for epoch in range(st["epoch"], T.num_epochs + 1 if not _finished(st, cfg) else 0):
@@ -397,6 +400,15 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim, on_eval=None, tes
             if T.max_steps and st["step"] >= T.max_steps:
                 stop = True
                 break
+            if T.max_hours and time.monotonic() - session_start >= 3600 * T.max_hours:
+                st["rng_now"] = rng.bit_generator.state
+                st["train_time_s"] = time.perf_counter() - t_start
+                checkpoint(LAST)
+                reason = (f"the time budget of --max_hours {T.max_hours:g} was reached at step {st['step']} (epoch "
+                          f"{epoch}); {run / LAST} holds the state: run with --resume {run_dir} to continue")
+                tracker.log(kind="event", event="time_budget", step=st["step"], reason=reason)
+                tracker.close()
+                raise TrainingStopped(reason)
         bar.close()
         dt = time.perf_counter() - t_epoch
         record = {"kind": "epoch", "epoch": epoch, "step": st["step"],
