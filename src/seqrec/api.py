@@ -214,6 +214,15 @@ class Recommender:
             raise self._users.unknown([user])
         return uid
 
+    def user_ids(self, users: Iterable[Any]) -> np.ndarray:
+        """Internal ids of raw user ids; :class:`UnknownIdError` listing every unknown one."""
+        users = list(users)
+        ids = [self._users.lookup(u) for u in users]
+        missing = [u for u, i in zip(users, ids) if i is None]
+        if missing:
+            raise self._users.unknown(missing)
+        return np.asarray(ids, dtype=np.int64)
+
     def item_ids(self, items: Iterable[Any]) -> np.ndarray:
         """Internal ids of raw item ids; :class:`UnknownIdError` listing every unknown one."""
         items = list(items)
@@ -253,12 +262,7 @@ class Recommender:
                         chunk_size: int = 256) -> list[list[dict]]:
         """Top-``k`` for many known users (raw ids), in order; one forward per ``chunk_size``
         users. Unknown users raise :class:`UnknownIdError` (listing them) before any work."""
-        users = list(users)
-        ids = [self._users.lookup(u) for u in users]
-        missing = [u for u, i in zip(users, ids) if i is None]
-        if missing:
-            raise self._users.unknown(missing)
-        uid = np.asarray(ids, dtype=np.int64)
+        uid = self.user_ids(users)
         start, end = self._offsets[uid], self._offsets[uid + 1]
         out: list[list[dict]] = []
         for c in range(0, len(uid), chunk_size):
@@ -275,15 +279,7 @@ class Recommender:
         and ``score``, ``k`` rows per user in the order given (default: every user of the data
         set). One forward pass per ``chunk_size`` users; memory stays bounded by the chunk (the
         table itself holds ``k`` rows per user). Unknown users raise before any work."""
-        if users is None:
-            uid = np.arange(1, self.n_users + 1, dtype=np.int64)
-        else:
-            users = list(users)
-            ids = [self._users.lookup(u) for u in users]
-            missing = [u for u, i in zip(users, ids) if i is None]
-            if missing:
-                raise self._users.unknown(missing)
-            uid = np.asarray(ids, dtype=np.int64)
+        uid = np.arange(1, self.n_users + 1, dtype=np.int64) if users is None else self.user_ids(users)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         from tqdm.auto import tqdm
