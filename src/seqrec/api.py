@@ -113,6 +113,15 @@ class _IdMap:
         except TypeError:  # unhashable input
             return None
 
+    def ids(self, values: Iterable[Any]) -> np.ndarray:
+        """Internal ids of raw ids; :class:`UnknownIdError` listing every unknown one."""
+        values = list(values)
+        ids = [self.lookup(v) for v in values]
+        missing = [v for v, i in zip(values, ids) if i is None]
+        if missing:
+            raise self.unknown(missing)
+        return np.asarray(ids, dtype=np.int64)
+
     def describe(self) -> str:
         """E.g. "943 users; raw ids 1..943" (a short description for error messages)."""
         n = len(self)
@@ -216,21 +225,11 @@ class Recommender:
 
     def user_ids(self, users: Iterable[Any]) -> np.ndarray:
         """Internal ids of raw user ids; :class:`UnknownIdError` listing every unknown one."""
-        users = list(users)
-        ids = [self._users.lookup(u) for u in users]
-        missing = [u for u, i in zip(users, ids) if i is None]
-        if missing:
-            raise self._users.unknown(missing)
-        return np.asarray(ids, dtype=np.int64)
+        return self._users.ids(users)
 
     def item_ids(self, items: Iterable[Any]) -> np.ndarray:
         """Internal ids of raw item ids; :class:`UnknownIdError` listing every unknown one."""
-        items = list(items)
-        ids = [self._items.lookup(x) for x in items]
-        missing = [x for x, i in zip(items, ids) if i is None]
-        if missing:
-            raise self._items.unknown(missing)
-        return np.asarray(ids, dtype=np.int64)
+        return self._items.ids(items)
 
     def item_titles(self, items: Iterable[Any]) -> list[str | None]:
         """Titles of raw item ids (``None`` for items without a title, or when the data set
