@@ -1,6 +1,6 @@
 """A bounded load test of ``seqrec serve`` on loopback: requests/s and p50/p99 latency.
 
-    python benchmarks/bench_serve.py RUN [--requests 2000] [--concurrency 1 8 32] [--threads 1]
+    python benchmarks/bench_serve.py RUN [--requests 2000] [--concurrency 1 8 32] [--threads 1] [--backend onnx]
 
 Starts the server as a real process on 127.0.0.1 (a free port), sends ``--requests`` POST
 /recommend requests (known users of the run's dataset, k=10) at each concurrency with an
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     ap.add_argument("--max_wait_ms", type=float, default=2.0)
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "torchscript"])
     args = ap.parse_args()
     import polars as pl
 
@@ -65,7 +66,7 @@ def main() -> None:
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.Popen([sys.executable, "-m", "seqrec", "serve", args.run, "--port", str(port),
-                             "--max_wait_ms", str(args.max_wait_ms)], env=env, stdout=subprocess.DEVNULL)
+                             "--max_wait_ms", str(args.max_wait_ms), "--backend", args.backend], env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):

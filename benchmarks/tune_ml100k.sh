@@ -22,6 +22,7 @@ if [ ! -f "$OUT/${MODEL}_default/test_metrics.json" ]; then
 fi
 for pruner in $PRUNERS; do
   dir="$OUT/${MODEL}_$pruner"
+  [ -f "$dir/paired.md" ] && continue  # this study is finished (its figures are written)
   start=$(date +%s)
   $SEQ tune --config configs/${MODEL}_ml-100k.yaml --num_epochs 150 --num_threads "$T" --progress false \
     --phases "$CAPACITY,lr,regularisation" --trials "$TRIALS" --study_dir "$dir" --pruner "$pruner" --refit \

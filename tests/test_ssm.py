@@ -314,3 +314,42 @@ def test_fused_and_pure_selective_scan_agree():  # pragma: no cover - GPU only
     gy = torch.randn_like(y_f)
     for p, q in zip(torch.autograd.grad(y_f, args, gy), torch.autograd.grad(y_p, args, gy)):
         torch.testing.assert_close(p, q, rtol=1e-2, atol=1e-2)
+
+
+# --- the graph-export paths (real arithmetic, no in-place writes) tied to the references ---
+@pytest.mark.parametrize("L", [1, 2, 7, 16, 33])
+def test_doubling_scan_and_complex_pairs_equal_the_sequential_scan(L):
+    from seqrec.models.ssm.s5 import linear_scan_pairs
+    from seqrec.models.ssm.selective_scan import doubling_scan
+
+    g = torch.Generator().manual_seed(L)
+    a = torch.rand(L, 3, 4, dtype=F64, generator=g)
+    b = torch.randn(L, 3, 4, dtype=F64, generator=g)
+    ref = linear_scan_ref(a.transpose(0, 1), b.transpose(0, 1)).transpose(0, 1)
+    torch.testing.assert_close(doubling_scan(a, b), ref)
+    ac = torch.complex(*torch.randn(2, 3, L, 5, dtype=F64, generator=g)) * 0.7
+    bc = torch.complex(*torch.randn(2, 3, L, 5, dtype=F64, generator=g))
+    re, im = linear_scan_pairs(ac.real, ac.imag, bc.real, bc.imag)
+    torch.testing.assert_close(torch.complex(re, im), linear_scan_ref(ac, bc))
+
+
+def test_s5_real_arithmetic_path_equals_the_complex_one():
+    torch.manual_seed(1)
+    layer = S5(6, 5)
+    u, dt = _s5_inputs()
+    dt = dt.clone()
+    dt[0, 3] = 1e6  # a huge gap and a zero gap
+    dt[1, 2] = 0.0
+    u, dt = u.float(), dt.float()
+    with torch.no_grad():
+        torch.testing.assert_close(layer._forward_real(u, dt), layer(u, dt), atol=1e-5, rtol=1e-5)
+
+
+def test_selective_scan_graph_path_equals_reference():
+    from seqrec.models.ssm.selective_scan import _graph_selective_scan, _prepare_delta
+
+    u, delta, A, B, C, *_ = [t.detach() for t in _ss_inputs(L=13)]
+    delta = _prepare_delta(delta, None, True)
+    tm = lambda t: t.permute(2, 0, 1)  # noqa: E731
+    y = _graph_selective_scan(tm(u), tm(delta), A, tm(B), tm(C)).permute(1, 2, 0)
+    torch.testing.assert_close(y, selective_scan_ref(u, delta, A, B, C))

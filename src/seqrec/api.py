@@ -50,6 +50,7 @@ from .config import RunConfig
 from .data.batches import gap_stats, window_positions
 from .data.store import SeqDataset
 from .runs.load import load_run
+from .utils.io import file_sha256
 
 DAY = 86_400
 
@@ -189,11 +190,15 @@ class Recommender:
     ``maxlen``, ``uses_time``.
     """
 
-    def __init__(self, cfg: RunConfig, dataset: SeqDataset, model: torch.nn.Module, device: torch.device):
+    def __init__(self, cfg: RunConfig, dataset: SeqDataset, model: torch.nn.Module, device: torch.device,
+                 scorer: Any = None, backend: str = "torch"):
         self.cfg = cfg
         self.dataset = dataset
         self.model = model.eval()
         self.device = device
+        self.backend = backend
+        # batch dict -> scores [B, n_items + 1]: the model's own predict, or an exported graph
+        self._scores = scorer if scorer is not None else self.model.predict
         self.maxlen = int(cfg.data.maxlen)
         self.uses_time = bool(getattr(model, "uses_time", False))
         self.n_items = int(dataset.n_items)
@@ -403,8 +408,9 @@ class Recommender:
     def _top_k_arrays(self, batch: dict[str, torch.Tensor], seen: list[np.ndarray] | None, k: int
                       ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, items) ``[B, k]`` of the best items, padding and ``seen`` excluded (-inf)."""
-        batch = {key: v.to(self.device) for key, v in batch.items()}
-        scores = self.model.predict(batch).float()  # (B, n_items + 1)
+        if self.backend == "torch":
+            batch = {key: v.to(self.device) for key, v in batch.items()}
+        scores = self._scores(batch).float().to(self.device)  # (B, n_items + 1)
         scores[:, 0] = float("-inf")
         if seen is not None:
             rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
@@ -431,8 +437,37 @@ class Recommender:
         return out
 
 
-def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu") -> Recommender:
+BACKENDS = ("torch", "onnx", "torchscript")
+
+
+def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu", backend: str = "torch",
+         graph: str | Path | None = None) -> Recommender:
     """Load a run folder's model (``checkpoint``, default the best validation epoch) and its
-    dataset for recommendations. ``device``: cpu, cuda or auto."""
-    run = load_run(run_dir, checkpoint, device)
-    return Recommender(run.cfg, run.dataset, run.model, run.device)
+    dataset for recommendations. ``device``: cpu, cuda or auto.
+
+    ``backend="onnx"`` (onnxruntime, the ``export`` extra) or ``"torchscript"`` scores with an
+    exported graph of the same checkpoint: ``graph`` (default ``RUN/model.onnx`` or
+    ``RUN/model.pt``, exported there, checked, on first use; see :mod:`seqrec.export`). The
+    answers equal the torch backend's (scores within 1e-4, same items)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        run = load_run(run_dir, checkpoint, device)
+        return Recommender(run.cfg, run.dataset, run.model, run.device)
+    from .export import SUFFIX, GraphScorer, export_model
+
+    run = load_run(run_dir, checkpoint, "cpu")
+    stem = "model" if checkpoint == "best.pt" else f"model-{Path(checkpoint).stem}"
+    path = Path(graph) if graph is not None else run.folder.path / f"{stem}{SUFFIX[backend]}"
+    write = f"`seqrec export-model {run_dir} --format {backend} --checkpoint {checkpoint} --out {path}`"
+    if graph is not None and not path.exists():
+        raise FileNotFoundError(f"no exported graph at {path}: write it with {write}")
+    scorer = GraphScorer(path, backend) if path.exists() else None
+    digest = file_sha256(run.folder.checkpoint(checkpoint))
+    if scorer is None or scorer.meta.get("checkpoint_sha256") != digest:
+        if graph is not None:  # the user's file: never replaced behind their back
+            raise ValueError(f"{path} was not exported from {run.folder.checkpoint(checkpoint)} (another run, "
+                             f"or the checkpoint changed since): export it again with {write}")
+        export_model(run_dir, backend, path, checkpoint=checkpoint, log=None)  # first use, or stale
+        scorer = GraphScorer(path, backend)
+    return Recommender(run.cfg, run.dataset, run.model, run.device, scorer=scorer, backend=backend)

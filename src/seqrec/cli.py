@@ -500,7 +500,25 @@ def _add_recommend(sub) -> None:
     p.add_argument("--chunk_size", type=int, default=1024, help="batch: users per forward pass (bounds the memory)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
                    help="default: cpu for one user, auto (the GPU when there is one) for a batch")
+    _add_backend(p)
     p.set_defaults(func=cmd_recommend)
+
+
+def _add_backend(p) -> None:
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "torchscript"],
+                   help="score with the PyTorch model (default) or an exported graph of the same checkpoint "
+                   "(onnx: onnxruntime on CPU, needs seqrec[export]); RUN/model.onnx or RUN/model.pt is exported "
+                   "and checked on first use, or give --graph FILE")
+    p.add_argument("--graph", default=None, help="the exported file for --backend (default RUN/model.onnx|.pt)")
+
+
+def _load_for(args, device: str):
+    from .api import load
+
+    if args.graph and args.backend == "torch":
+        raise ValueError("--graph needs --backend onnx or torchscript")
+    return load(args.run_dir, device=device if args.backend == "torch" else "cpu", backend=args.backend,
+                graph=args.graph)
 
 
 def _unix_seconds(text: str) -> int:
@@ -533,7 +551,6 @@ def _read_users(path: str) -> list:
 def cmd_recommend_batch(args) -> int:
     import time
 
-    from .api import load
     from .utils.io import atomic_path
 
     if not args.out:
@@ -543,7 +560,7 @@ def cmd_recommend_batch(args) -> int:
     if args.chunk_size < 1:
         raise ValueError(f"--chunk_size must be a positive integer, got {args.chunk_size}")
     users = _read_users(args.users) if args.users else None
-    rec = load(args.run_dir, device=args.device or "auto")
+    rec = _load_for(args, args.device or "auto")
     t0 = time.perf_counter()
     table = rec.recommend_table(users, k=args.k, exclude_seen=not args.include_seen, chunk_size=args.chunk_size,
                                 progress=True)
@@ -556,11 +573,9 @@ def cmd_recommend_batch(args) -> int:
 
 
 def cmd_recommend(args) -> int:
-    from .api import load
-
     if args.all or args.users:
         return cmd_recommend_batch(args)
-    rec = load(args.run_dir, device=args.device or "cpu")
+    rec = _load_for(args, args.device or "cpu")
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     kw = {"k": args.k, "exclude_seen": not args.include_seen}
     if args.user is not None:
@@ -586,6 +601,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--max_batch", type=int, default=64, help="most requests answered by one forward pass")
     p.add_argument("--max_wait_ms", type=float, default=2.0, help="how long a request waits for others to join it")
+    _add_backend(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -594,8 +610,33 @@ def cmd_serve(args) -> int:
 
     if args.max_batch < 1 or args.max_wait_ms < 0 or not 0 < args.port < 65536:
         raise ValueError("--max_batch must be >= 1, --max_wait_ms >= 0 and --port in 1..65535")
+    if args.graph and args.backend == "torch":
+        raise ValueError("--graph needs --backend onnx or torchscript")
     serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
-          max_wait_ms=args.max_wait_ms, log=functools.partial(print, flush=True))
+          max_wait_ms=args.max_wait_ms, backend=args.backend, graph=args.graph,
+          log=functools.partial(print, flush=True))
+    return 0
+
+
+def _add_export_model(sub) -> None:
+    p = sub.add_parser("export-model", help="write a run's model as an ONNX or TorchScript graph (scores over the "
+                       "catalogue, or the top k), checked against PyTorch on real users",
+                       description="Inputs: the model's own (items, and timestamps / next_timestamps / time_scale "
+                       "for time-aware models), int64, windows of maxlen right-aligned with 0 padding; see "
+                       "seqrec.export's docstring.")
+    p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--out", default=None, help="the file to write (default RUN/model.onnx or RUN/model.pt)")
+    p.add_argument("--top_k", type=int, default=None, help="return the top K items and scores instead of all scores")
+    p.add_argument("--checkpoint", default="best.pt", help="which checkpoint of the run (default best.pt)")
+    p.set_defaults(func=cmd_export_model)
+
+
+def cmd_export_model(args) -> int:
+    from .export import export_model
+
+    export_model(args.run_dir, args.format, args.out, top_k=args.top_k, checkpoint=args.checkpoint,
+                 log=functools.partial(print, flush=True))
     return 0
 
 
@@ -634,7 +675,7 @@ _COMMANDS = [_add_prepare, _add_info, _add_export,
                                        "production, report), resumable after a kill"),
              lambda sub: _add_run_stub(sub, "tune", "hyper-parameter study on Optuna (validation-only selection, "
                                        "resumable, several workers on one storage)"),
-             _add_evaluate, _add_recommend, _add_serve, _add_compare, _add_report]
+             _add_evaluate, _add_recommend, _add_serve, _add_export_model, _add_compare, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,7 +171,7 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 2.
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_batch: int = 64,
-          max_wait_ms: float = 2.0, log=print) -> None:
+          max_wait_ms: float = 2.0, backend: str = "torch", graph: str | None = None, log=print) -> None:
     """Load the run once (a run that cannot be loaded stops here, before any socket is opened)
     and serve it until interrupted."""
     _require()
@@ -180,12 +180,14 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str =
     from .api import load
     from .runs.folder import RunFolder
 
-    rec = load(run_dir, device=device)
+    rec = load(run_dir, device=device if backend == "torch" else "cpu", backend=backend, graph=graph)
     folder = RunFolder(run_dir)
-    info: dict[str, Any] = {"run": str(run_dir), "model": rec.cfg.describe_model(), "dataset": rec.dataset.name,
+    info: dict[str, Any] = {"run": str(run_dir), "model": rec.cfg.describe_model(), "backend": backend,
+                            "dataset": rec.dataset.name,
                             "users": rec.n_users, "items": rec.n_items, "config": rec.cfg.to_dict(),
                             "test_metrics": folder.test_metrics()}
     app = create_app(rec, max_batch=max_batch, max_wait_ms=max_wait_ms, info=info)
     if log:
-        log(f"serving {info['model']} on {info['dataset']} from {run_dir} at http://{host}:{port} (docs: /docs)")
+        log(f"serving {info['model']} on {info['dataset']} from {run_dir} ({backend} backend) at "
+            f"http://{host}:{port} (docs: /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -99,6 +99,11 @@ class SequentialRecommender(nn.Module):
         """Item embedding table ``[n_items + 1, D]`` (row 0 = padding), tied to the output."""
         raise NotImplementedError
 
+    def graph_inputs(self) -> tuple[str, ...]:
+        """The batch keys :meth:`forward` reads, in order: the inputs of an exported graph
+        (:mod:`seqrec.export`). Time-aware models add theirs."""
+        return ("items",)
+
     # --- scoring -------------------------------------------------------------------------
     def output_embedding(self) -> Tensor:
         """The item table the scores use (tied to the input embedding)."""

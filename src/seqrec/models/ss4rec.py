@@ -203,6 +203,9 @@ class SS4Rec(SequentialRecommender):
     def item_embedding_weight(self) -> Tensor:
         return self.item_emb.weight
 
+    def graph_inputs(self) -> tuple[str, ...]:
+        return ("items",) if self.config.ablation == "mamba_only" else ("items", "timestamps", "next_timestamps")
+
     def _gaps(self, batch: dict[str, Tensor], valid: Tensor, dtype: torch.dtype) -> Tensor | None:
         if self.config.ablation == "mamba_only":
             return None

@@ -89,7 +89,7 @@ def time_interval_matrix(
     elif not personalize and personal_scale is not None:
         raise ValueError("personal_scale was given but personalize=False")
     mask = mask.bool()
-    units = torch.div(timestamps.long(), int(unit_seconds), rounding_mode="floor")  # (B, L)
+    units = _floor_div(timestamps.long(), int(unit_seconds))  # (B, L)
     units = units.masked_fill(~mask, 0)
     dist = (units[:, :, None] - units[:, None, :]).abs()  # (B, L, L)
     pair = mask[:, :, None] & mask[:, None, :]  # (B, L, L)
@@ -100,8 +100,15 @@ def time_interval_matrix(
             scale = scale.view(-1, 1, 1)  # (B, 1, 1)
         else:
             scale = _causal_min_gap(dist, pair).unsqueeze(-1)  # (B, L, 1)
-        dist = torch.div(dist, scale, rounding_mode="floor")
+        dist = _floor_div(dist, scale)
     return dist.clamp_max(int(time_span)).masked_fill(~pair, 0)
+
+
+def _floor_div(a: Tensor, b: Tensor | int) -> Tensor:
+    """``floor(a / b)`` of int64 tensors, computed in float64: exact for ``|a| < 2**53`` (a
+    quotient's fraction is at least ``1 / b`` away from the next integer), and it stays exact
+    in exported graphs, where the exporters turn integer division into float32 arithmetic."""
+    return torch.floor(a.to(torch.float64) / b).to(torch.int64)
 
 
 def _causal_min_gap(dist: Tensor, pair: Tensor) -> Tensor:
@@ -159,6 +166,9 @@ class TiSASRec(SequentialRecommender):
 
     def item_embedding_weight(self) -> Tensor:
         return self.item_emb.weight
+
+    def graph_inputs(self) -> tuple[str, ...]:
+        return ("items", "timestamps", "time_scale") if self.config.time_personalize else ("items", "timestamps")
 
     def relation_matrix(self, batch: dict[str, Tensor], valid: Tensor) -> Tensor:
         """The ``[B, L, L]`` interval matrix for ``batch`` (see :func:`time_interval_matrix`)."""

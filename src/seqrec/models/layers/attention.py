@@ -57,10 +57,10 @@ def causal_padding_additive_mask(valid: Tensor) -> Tensor:
     """
     L = valid.shape[1]
     causal = torch.triu(torch.full((L, L), float("-inf"), device=valid.device), diagonal=1)  # (L, L)
-    keys = torch.zeros(valid.shape, device=valid.device).masked_fill_(~valid, float("-inf"))  # (B, L)
+    keys = torch.zeros(valid.shape, device=valid.device).masked_fill(~valid, float("-inf"))  # (B, L)
     mask = causal[None, None] + keys[:, None, None, :]  # (B, 1, L, L)
-    mask.diagonal(dim1=-2, dim2=-1).zero_()
-    return mask
+    eye = torch.eye(L, dtype=torch.bool, device=valid.device)  # out of place: exportable graphs
+    return mask.masked_fill(eye, 0.0)
 
 
 def _split_heads(x: Tensor, n_heads: int) -> Tensor:

@@ -145,8 +145,12 @@ def _sinkhorn_nnm(q: Tensor, n_iter: int) -> Tensor:
     q = q - torch.logsumexp(q, dim=1, keepdim=True)  # rows, log space
     q = q - torch.logsumexp(q, dim=0, keepdim=True)  # columns, log space
     p = q.exp()
-    if n_iter > 1:
+    if n_iter > 1 and torch.is_grad_enabled() and p.requires_grad:
         p = _BalanceRounds.apply(p, n_iter - 1)
+    else:  # inference: the same rounds, no saved tensors (also what graph exports trace)
+        for _ in range(n_iter - 1):
+            p = p / p.sum(1, keepdim=True)
+            p = p / p.sum(0, keepdim=True)
     return p
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "S5",
     "hippo_legs_diagonal",
     "linear_scan",
+    "linear_scan_pairs",
     "linear_scan_ref",
     "zoh_coefficients",
 ]
@@ -218,6 +219,24 @@ def linear_scan(a: Tensor, b: Tensor) -> Tensor:
     return _LinearScan.apply(a, b)
 
 
+def linear_scan_pairs(a_re: Tensor, a_im: Tensor, b_re: Tensor, b_im: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`linear_scan` for complex ``a``, ``b`` given as real and imaginary parts, in real
+    arithmetic and ``ceil(log2 L)`` whole-tensor steps (the Hillis-Steele doubling of
+    :func:`~seqrec.models.ssm.selective_scan.doubling_scan`, complex products written out): for
+    graph formats without complex numbers (ONNX) and without loops worth unrolling. Returns
+    ``(Re x, Im x)``."""
+    d, L = 1, b_re.shape[1]
+    while d < L:
+        ar, ai, pr, pi = a_re[:, d:], a_im[:, d:], b_re[:, :-d], b_im[:, :-d]
+        b_re = torch.cat([b_re[:, :d], b_re[:, d:] + ar * pr - ai * pi], dim=1)
+        b_im = torch.cat([b_im[:, :d], b_im[:, d:] + ar * pi + ai * pr], dim=1)
+        qr, qi = a_re[:, :-d], a_im[:, :-d]
+        a_re, a_im = (torch.cat([a_re[:, :d], ar * qr - ai * qi], dim=1),
+                      torch.cat([a_im[:, :d], ar * qi + ai * qr], dim=1))
+        d *= 2
+    return b_re, b_im
+
+
 def linear_scan_ref(a: Tensor, b: Tensor) -> Tensor:
     """Sequential reference for :func:`linear_scan` (plain autograd, one step per position)."""
     x = torch.zeros_like(b[:, 0])
@@ -291,6 +310,8 @@ class S5(nn.Module):
         dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
         Bsz, L, H = u.shape
         P = self.d_state
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():  # graph formats: real arithmetic
+            return self._forward_real(u.to(dtype), dt.to(dtype)).to(in_dtype)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(dtype)
             lam = torch.complex(self.Lambda_re.to(dtype).clamp(max=_LAMBDA_RE_MAX), self.Lambda_im.to(dtype))
@@ -305,3 +326,23 @@ class S5(nn.Module):
             W_C = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(H, 2 * P).to(dtype)
             y = torch.view_as_real(x).reshape(Bsz, L, 2 * P) @ W_C.t() + self.D.to(dtype) * u
         return y.to(in_dtype)
+
+    def _forward_real(self, u: Tensor, dt: Tensor) -> Tensor:
+        """The forward pass in real arithmetic (complex numbers as real and imaginary parts),
+        used while exporting or tracing a graph (ONNX has no complex type); equals :meth:`forward` (the
+        tests tie them). Inference only: no ``expm1`` value correction is needed for the
+        gradient's sake, ``Abar - 1`` is computed cancellation-free directly."""
+        lr = self.Lambda_re.to(u.dtype).clamp(max=_LAMBDA_RE_MAX)
+        li = self.Lambda_im.to(u.dtype)
+        delta = dt.unsqueeze(-1) * torch.exp(self.log_step.to(u.dtype))  # (B, L, P)
+        zr, zi = delta * lr, delta * li
+        mag, cos, sin = torch.exp(zr), torch.cos(zi), torch.sin(zi)
+        a_re, a_im = mag * cos, mag * sin  # Abar
+        em1_re = torch.expm1(zr) * cos - 2 * torch.sin(0.5 * zi).square()  # Re(Abar - 1), exact
+        inv = 1.0 / (lr * lr + li * li)  # 1 / Lambda = conj(Lambda) / |Lambda|^2
+        w_re = (em1_re * lr + a_im * li) * inv  # gamma = (Abar - 1) / Lambda
+        w_im = (a_im * lr - em1_re * li) * inv
+        bu_re = u @ self.B_re.to(u.dtype).t()  # (B, L, P)
+        bu_im = u @ self.B_im.to(u.dtype).t()
+        x_re, x_im = linear_scan_pairs(a_re, a_im, w_re * bu_re - w_im * bu_im, w_re * bu_im + w_im * bu_re)
+        return x_re @ self.C_re.to(u.dtype).t() - x_im @ self.C_im.to(u.dtype).t() + self.D.to(u.dtype) * u

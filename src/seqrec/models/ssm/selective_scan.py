@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Mamba",
+    "doubling_scan",
     "fused_selective_scan_available",
     "selective_scan",
     "selective_scan_ref",
@@ -112,6 +113,30 @@ def _chunk_coefficients(dA: Tensor, dBu: Tensor, delta: Tensor, du: Tensor, A: T
     torch.mul(du.unsqueeze(-1), Bm.unsqueeze(-2), out=dBu)
 
 
+def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """The chunked forward pass (time-major, see :class:`_ChunkedSelectiveScan`): ``(y, starts)``,
+    ``starts [n_chunks, B, D, N]`` the state entering each chunk."""
+    L, nb, D = u.shape
+    N = A.shape[1]
+    n_chunks = -(-L // chunk)
+    T = min(chunk, L)
+    y = u.new_empty(L, nb, D)
+    starts = u.new_empty(n_chunks, nb, D, N)
+    starts[0].zero_()
+    dA_buf = u.new_empty(T, nb, D, N)
+    hs_buf = u.new_empty(T, nb, D, N)
+    du = delta * u
+    for ci in range(n_chunks):
+        c0, c1 = ci * chunk, min((ci + 1) * chunk, L)
+        dA, hs = dA_buf[: c1 - c0], hs_buf[: c1 - c0]
+        _chunk_coefficients(dA, hs, delta[c0:c1], du[c0:c1], A, Bm[c0:c1])
+        _chunk_states(dA, hs, starts[ci])
+        torch.matmul(hs, Cm[c0:c1].unsqueeze(-1), out=y[c0:c1].unsqueeze(-1))  # sum_n h C
+        if ci + 1 < n_chunks:
+            starts[ci + 1].copy_(hs[-1])
+    return y, starts
+
+
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """``y_t = C_t . h_t`` with ``h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t``.
 
@@ -122,24 +147,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, chunk: int):
-        L, nb, D = u.shape
-        N = A.shape[1]
-        n_chunks = -(-L // chunk)
-        T = min(chunk, L)
-        y = u.new_empty(L, nb, D)
-        starts = u.new_empty(n_chunks, nb, D, N)
-        starts[0].zero_()
-        dA_buf = u.new_empty(T, nb, D, N)
-        hs_buf = u.new_empty(T, nb, D, N)
-        du = delta * u
-        for ci in range(n_chunks):
-            c0, c1 = ci * chunk, min((ci + 1) * chunk, L)
-            dA, hs = dA_buf[: c1 - c0], hs_buf[: c1 - c0]
-            _chunk_coefficients(dA, hs, delta[c0:c1], du[c0:c1], A, Bm[c0:c1])
-            _chunk_states(dA, hs, starts[ci])
-            torch.matmul(hs, Cm[c0:c1].unsqueeze(-1), out=y[c0:c1].unsqueeze(-1))  # sum_n h C
-            if ci + 1 < n_chunks:
-                starts[ci + 1].copy_(hs[-1])
+        y, starts = _scan_forward(u, delta, A, Bm, Cm, chunk)
         ctx.chunk = chunk
         ctx.save_for_backward(u, delta, A, Bm, Cm, starts)
         return y
@@ -200,6 +208,34 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return gu, gdelta, gA, gB, gC, None
 
 
+def doubling_scan(a: Tensor, b: Tensor) -> Tensor:
+    """``x_t = a_t x_{t-1} + b_t`` along dim 0 (``x_{-1} = 0``) in ``ceil(log2 L)`` whole-tensor
+    steps (Hillis-Steele: after the step with offset ``d``, ``(a_t, b_t)`` compose positions
+    ``t - 2d + 1 .. t``). ``O(L log L)`` work, but ``O(log L)`` operations: what exported graphs
+    use for S5's small ``[B, L, P]`` states, where a loop over positions would be unrolled."""
+    d, L = 1, b.shape[0]
+    while d < L:
+        b = torch.cat([b[:d], torch.addcmul(b[d:], a[d:], b[:-d])])
+        a = torch.cat([a[:d], a[d:] * a[:-d]])
+        d *= 2
+    return b
+
+
+def _graph_selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
+    """The time-major selective scan (``[L, B, D]`` in and out) written for graph exports and
+    traces: the coefficients of all positions in two whole-tensor operations, then the
+    recurrence as ``L`` pure steps of two operations each (no in-place writes, which a graph
+    would turn into copies of whole buffers), then the outputs in one product."""
+    dA = torch.exp(delta.unsqueeze(-1) * A)  # (L, B, D, N)
+    dBu = (delta * u).unsqueeze(-1) * Bm.unsqueeze(-2)  # (L, B, D, N)
+    h = dBu[0]
+    hs = [h]
+    for t in range(1, dA.shape[0]):
+        h = torch.addcmul(dBu[t], dA[t], h)
+        hs.append(h)
+    return (torch.stack(hs) @ Cm.unsqueeze(-1)).squeeze(-1)  # (L, B, D)
+
+
 def _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
     dtype_in = u.dtype
     ct = _compute_dtype(u)
@@ -207,7 +243,13 @@ def _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ch
         u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
         delta = _prepare_delta(delta, delta_bias, delta_softplus)
         tm = lambda t: t.permute(2, 0, 1).contiguous()  # noqa: E731  (B, X, L) -> (L, B, X)
-        y = _ChunkedSelectiveScan.apply(tm(u), tm(delta), A.contiguous(), tm(B), tm(C), int(chunk_size))
+        args = (tm(u), tm(delta), A.contiguous(), tm(B), tm(C), int(chunk_size))
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            y = _graph_selective_scan(*args[:5])
+        elif torch.is_grad_enabled() and any(t.requires_grad for t in args[:5]):
+            y = _ChunkedSelectiveScan.apply(*args)
+        else:  # inference: the forward alone (also what graph exports trace)
+            y = _scan_forward(*args)[0]
         y = _finish(y.permute(1, 2, 0), u, D, z)  # (B, D, L)
     return y.to(dtype_in)
 
