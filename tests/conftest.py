@@ -48,3 +48,48 @@ def shared_file(shared_data):
 def _isolated_seqrec_home(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's ~/.cache/seqrec."""
     monkeypatch.setenv("SEQREC_HOME", str(tmp_path_factory.getbasetemp() / "seqrec_home"))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_process():
+    """``start(run, *flags) -> url``: a real ``seqrec serve`` process on 127.0.0.1, waited for
+    until ``/health`` answers; every one started is terminated when the module ends."""
+    import subprocess
+    import sys
+    import time
+
+    httpx = pytest.importorskip("httpx")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    procs = []
+
+    def start(run, *flags: str) -> str:
+        port = free_port()
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.Popen([sys.executable, "-m", "seqrec", "serve", str(run), "--port", str(port), *flags],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=20)

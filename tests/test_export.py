@@ -6,11 +6,7 @@ the onnx backend."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +24,6 @@ from seqrec.data.datasets import prepare_dataset  # noqa: E402
 from seqrec.export import ExportError, export_model, graph_feeds  # noqa: E402
 from seqrec.train.trainer import train  # noqa: E402
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 MODELS = {
     "sasrec": {"model": "sasrec", "num_heads": 2},
     "tisasrec": {"model": "tisasrec", "num_heads": 2},
@@ -166,36 +161,16 @@ def test_a_stale_default_graph_is_exported_again(runs, tmp_path):
           seqrec.api.load(run).recommend_batch(rec.dataset.user_map()["raw"].to_list()[:10], k=5))
 
 
-def test_server_on_the_onnx_backend(runs):
+def test_server_on_the_onnx_backend(runs, serve_process):
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
     run = runs["ss4rec"]
     seqrec.api.load(run, backend="onnx")  # the graph exists (exported here if this test runs alone)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "seqrec", "serve", str(run), "--port", str(port), "--backend",
-                             "onnx"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.2)
-        assert httpx.get(f"{url}/model").json()["backend"] == "onnx"
-        rec = seqrec.api.load(run)
-        user = rec.dataset.user_map()["raw"][4]
-        got = httpx.post(f"{url}/recommend", json={"user": user, "k": 6}).json()["items"]
-        _same([got], [rec.recommend(user, k=6)])
-        bad = httpx.post(f"{url}/recommend", json={"history": [10**9], "k": 3})
-        assert bad.status_code == 400 and "1000000000" in bad.json()["error"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    url = serve_process(run, "--backend", "onnx")
+    assert httpx.get(f"{url}/model").json()["backend"] == "onnx"
+    rec = seqrec.api.load(run)
+    user = rec.dataset.user_map()["raw"][4]
+    got = httpx.post(f"{url}/recommend", json={"user": user, "k": 6}).json()["items"]
+    _same([got], [rec.recommend(user, k=6)])
+    bad = httpx.post(f"{url}/recommend", json={"history": [10**9], "k": 3})
+    assert bad.status_code == 400 and "1000000000" in bad.json()["error"]

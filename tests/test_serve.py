@@ -2,12 +2,6 @@
 Python API's; every error is JSON with a 4xx and a message; concurrent requests share a pass."""
 
 import concurrent.futures
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -16,18 +10,12 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 import seqrec.api  # noqa: E402
+from conftest import free_port  # noqa: E402
 from seqrec.cli import main  # noqa: E402
 from seqrec.config import resolve_config  # noqa: E402
 from seqrec.data.datasets import prepare_dataset  # noqa: E402
 from seqrec.train.trainer import train  # noqa: E402
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +31,8 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(run):
-    port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "seqrec", "serve", str(run), "--port", str(port),
-                             "--max_wait_ms", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, "the server did not start"
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+def server(run, serve_process):
+    return serve_process(run, "--max_wait_ms", "20")
 
 
 def test_answers_equal_the_python_api(server, run):
@@ -122,5 +93,5 @@ def test_concurrent_requests_share_forward_passes(server):
 
 
 def test_a_run_that_cannot_be_loaded_stops_at_once(tmp_path, capsys):
-    assert main(["serve", str(tmp_path), "--port", str(_free_port())]) == 2
+    assert main(["serve", str(tmp_path), "--port", str(free_port())]) == 2
     assert "not a seqrec run folder" in capsys.readouterr().err
