@@ -45,7 +45,7 @@ def main() -> None:
         run = load_run(run_dir, device="cpu")
         graph = ScoreGraph(run.model)
         feeds = graph_feeds(sample_inputs(run, args.users), graph.inputs, int(run.cfg.data.maxlen))
-        name, maxlen = run.cfg.model_name + ("+mhc" if run.cfg.has_mhc else ""), run.cfg.data.maxlen
+        name, maxlen = run.cfg.describe_model(), run.cfg.data.maxlen
 
         def torch_forward():
             with torch.inference_mode():

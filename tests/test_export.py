@@ -141,6 +141,8 @@ def test_graph_from_another_run_or_a_top_k_graph_is_refused(runs, tmp_path):
         seqrec.api.load(runs["sasrec"], backend="torchscript", graph=top)
     with pytest.raises(FileNotFoundError, match="seqrec export-model"):
         seqrec.api.load(runs["sasrec"], backend="onnx", graph=tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="--graph needs --backend onnx or torchscript"):
+        seqrec.api.load(runs["sasrec"], graph=other)
 
 
 def test_a_stale_default_graph_is_exported_again(runs, tmp_path):

@@ -443,7 +443,8 @@ BACKENDS = ("torch", "onnx", "torchscript")
 def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu", backend: str = "torch",
          graph: str | Path | None = None) -> Recommender:
     """Load a run folder's model (``checkpoint``, default the best validation epoch) and its
-    dataset for recommendations. ``device``: cpu, cuda or auto.
+    dataset for recommendations. ``device``: cpu, cuda or auto (the torch backend; the graph
+    backends run on the CPU).
 
     ``backend="onnx"`` (onnxruntime, the ``export`` extra) or ``"torchscript"`` scores with an
     exported graph of the same checkpoint: ``graph`` (default ``RUN/model.onnx`` or
@@ -451,10 +452,12 @@ def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu", 
     answers equal the torch backend's (scores within 1e-4, same items)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if graph is not None and backend == "torch":
+        raise ValueError("--graph needs --backend onnx or torchscript")
     if backend == "torch":
         run = load_run(run_dir, checkpoint, device)
         return Recommender(run.cfg, run.dataset, run.model, run.device)
-    from .export import SUFFIX, GraphScorer, export_model
+    from .export import SUFFIX, GraphScorer, export_run
 
     run = load_run(run_dir, checkpoint, "cpu")
     stem = "model" if checkpoint == "best.pt" else f"model-{Path(checkpoint).stem}"
@@ -468,6 +471,6 @@ def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu", 
         if graph is not None:  # the user's file: never replaced behind their back
             raise ValueError(f"{path} was not exported from {run.folder.checkpoint(checkpoint)} (another run, "
                              f"or the checkpoint changed since): export it again with {write}")
-        export_model(run_dir, backend, path, checkpoint=checkpoint, log=None)  # first use, or stale
+        export_run(run, backend, path, checkpoint=checkpoint, log=None)  # first use, or stale
         scorer = GraphScorer(path, backend)
     return Recommender(run.cfg, run.dataset, run.model, run.device, scorer=scorer, backend=backend)

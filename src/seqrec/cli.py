@@ -515,10 +515,7 @@ def _add_backend(p) -> None:
 def _load_for(args, device: str):
     from .api import load
 
-    if args.graph and args.backend == "torch":
-        raise ValueError("--graph needs --backend onnx or torchscript")
-    return load(args.run_dir, device=device if args.backend == "torch" else "cpu", backend=args.backend,
-                graph=args.graph)
+    return load(args.run_dir, device=device, backend=args.backend, graph=args.graph)
 
 
 def _unix_seconds(text: str) -> int:
@@ -610,8 +607,6 @@ def cmd_serve(args) -> int:
 
     if args.max_batch < 1 or args.max_wait_ms < 0 or not 0 < args.port < 65536:
         raise ValueError("--max_batch must be >= 1, --max_wait_ms >= 0 and --port in 1..65535")
-    if args.graph and args.backend == "torch":
-        raise ValueError("--graph needs --backend onnx or torchscript")
     serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
           max_wait_ms=args.max_wait_ms, backend=args.backend, graph=args.graph,
           log=functools.partial(print, flush=True))

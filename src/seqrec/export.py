@@ -81,7 +81,7 @@ def describe(run: LoadedRun, graph: ScoreGraph, fmt: str, checkpoint: str = BEST
     from . import __version__
 
     ckpt = run.folder.checkpoint(checkpoint)
-    return {"seqrec": __version__, "format": fmt, "model": run.cfg.model_name + ("+mhc" if run.cfg.has_mhc else ""), "dataset": run.dataset.name, "maxlen": int(run.cfg.data.maxlen),
+    return {"seqrec": __version__, "format": fmt, "model": run.cfg.describe_model(), "dataset": run.dataset.name, "maxlen": int(run.cfg.data.maxlen),
             "n_items": int(run.dataset.n_items), "inputs": list(graph.inputs),
             "outputs": ["scores"] if graph.top_k is None else ["top_scores", "top_items"], "top_k": graph.top_k,
             "run": str(run.folder.path), "checkpoint": ckpt.name, "checkpoint_sha256": file_sha256(ckpt)}
@@ -227,7 +227,12 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None, t
     the check's figures (``"check"``) and ``"path"``."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    run = load_run(run_dir, checkpoint, device="cpu")
+    return export_run(load_run(run_dir, checkpoint, device="cpu"), fmt, out, top_k, checkpoint, log)
+
+
+def export_run(run: LoadedRun, fmt: str, out: str | Path | None = None, top_k: int | None = None,
+               checkpoint: str = BEST, log=print) -> dict:
+    """:func:`export_model` of a run already loaded on the CPU (``checkpoint``: the one it holds)."""
     n_items = int(run.dataset.n_items)
     if top_k is not None and (isinstance(top_k, bool) or not 1 <= int(top_k) <= n_items):
         raise ValueError(f"--top_k must be between 1 and the number of items ({n_items}), got {top_k}")

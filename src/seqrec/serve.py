@@ -180,7 +180,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str =
     from .api import load
     from .runs.folder import RunFolder
 
-    rec = load(run_dir, device=device if backend == "torch" else "cpu", backend=backend, graph=graph)
+    rec = load(run_dir, device=device, backend=backend, graph=graph)
     folder = RunFolder(run_dir)
     info: dict[str, Any] = {"run": str(run_dir), "model": rec.cfg.describe_model(), "backend": backend,
                             "dataset": rec.dataset.name,

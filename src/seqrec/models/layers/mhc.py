@@ -109,6 +109,18 @@ def sinkhorn_reference(logits: Tensor, n_iter: int) -> Tensor:
     return log_p.exp()
 
 
+def _balance(p: Tensor, k: int, saved: list[Tensor] | None = None) -> Tensor:
+    """``k`` rounds of row then column normalisation of ``p [n, n, M]``; appends each half-step's
+    sums and iterate to ``saved`` when given (what the backward needs)."""
+    for _ in range(k):
+        for d in (1, 0):
+            s = p.sum(d, keepdim=True)
+            p = p / s
+            if saved is not None:
+                saved += [s, p]
+    return p
+
+
 class _BalanceRounds(torch.autograd.Function):
     """``k`` linear-space Sinkhorn rounds on ``p [n, n, M]`` with a hand-written backward.
 
@@ -119,12 +131,8 @@ class _BalanceRounds(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p: Tensor, k: int) -> Tensor:
-        saved = []
-        for _ in range(k):
-            for d in (1, 0):
-                s = p.sum(d, keepdim=True)
-                p = p / s
-                saved += [s, p]
+        saved: list[Tensor] = []
+        p = _balance(p, k, saved)
         ctx.save_for_backward(*saved)
         return p
 
@@ -148,9 +156,7 @@ def _sinkhorn_nnm(q: Tensor, n_iter: int) -> Tensor:
     if n_iter > 1 and torch.is_grad_enabled() and p.requires_grad:
         p = _BalanceRounds.apply(p, n_iter - 1)
     else:  # inference: the same rounds, no saved tensors (also what graph exports trace)
-        for _ in range(n_iter - 1):
-            p = p / p.sum(1, keepdim=True)
-            p = p / p.sum(0, keepdim=True)
+        p = _balance(p, n_iter - 1)
     return p
 
 

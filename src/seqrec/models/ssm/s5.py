@@ -98,11 +98,12 @@ def _trunc_normal_(t: Tensor, std: float) -> Tensor:
 
 
 # --- discretisation ---------------------------------------------------------------------
-def _exp_parts(lam: Tensor, delta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _exp_parts(lam_re: Tensor, lam_im: Tensor, delta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``z = Lambda delta`` and ``Abar = e^z`` from real ``exp``, ``cos``, ``sin`` (vectorised,
-    unlike complex ``exp`` on CPU): returns ``Re z, Im z, cos(Im z), Re Abar, Im Abar``."""
-    zr = delta * lam.real
-    zi = delta * lam.imag
+    unlike complex ``exp`` on CPU; real inputs, so graph exports can use it too): returns
+    ``Re z, Im z, cos(Im z), Re Abar, Im Abar``."""
+    zr = delta * lam_re
+    zi = delta * lam_im
     mag = torch.exp(zr)
     cos, sin = torch.cos(zi), torch.sin(zi)
     return zr, zi, cos, mag * cos, mag * sin
@@ -118,7 +119,7 @@ def zoh_coefficients(lam: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     (``d expm1 = exp``), which vanishes with ``e^{Re z}`` for huge gaps instead of being
     rounding noise times the gap. ``delta = 0`` gives ``Abar = 1``, ``gamma = 0`` exactly.
     """
-    zr, zi, cos, a_re, a_im = _exp_parts(lam, delta)
+    zr, zi, cos, a_re, a_im = _exp_parts(lam.real, lam.imag, delta)
     with torch.no_grad():  # value correction: exact Re(e^z - 1) minus the rounded a_re - 1
         correction = torch.expm1(zr) * cos - 2 * torch.sin(0.5 * zi).square_() - (a_re - 1)
     em1 = torch.complex(a_re - 1 + correction, a_im)
@@ -221,10 +222,10 @@ def linear_scan(a: Tensor, b: Tensor) -> Tensor:
 
 def linear_scan_pairs(a_re: Tensor, a_im: Tensor, b_re: Tensor, b_im: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`linear_scan` for complex ``a``, ``b`` given as real and imaginary parts, in real
-    arithmetic and ``ceil(log2 L)`` whole-tensor steps (the Hillis-Steele doubling of
-    :func:`~seqrec.models.ssm.selective_scan.doubling_scan`, complex products written out): for
-    graph formats without complex numbers (ONNX) and without loops worth unrolling. Returns
-    ``(Re x, Im x)``."""
+    arithmetic and ``ceil(log2 L)`` whole-tensor steps (Hillis-Steele doubling: after the step
+    with offset ``d``, ``(a_t, b_t)`` compose positions ``t - 2d + 1 .. t``): for graph formats
+    without complex numbers (ONNX), where a loop over positions would be unrolled. ``O(L log L)``
+    work on S5's small ``[B, L, P]`` states. Returns ``(Re x, Im x)``."""
     d, L = 1, b_re.shape[1]
     while d < L:
         ar, ai, pr, pi = a_re[:, d:], a_im[:, d:], b_re[:, :-d], b_im[:, :-d]
@@ -335,9 +336,7 @@ class S5(nn.Module):
         lr = self.Lambda_re.to(u.dtype).clamp(max=_LAMBDA_RE_MAX)
         li = self.Lambda_im.to(u.dtype)
         delta = dt.unsqueeze(-1) * torch.exp(self.log_step.to(u.dtype))  # (B, L, P)
-        zr, zi = delta * lr, delta * li
-        mag, cos, sin = torch.exp(zr), torch.cos(zi), torch.sin(zi)
-        a_re, a_im = mag * cos, mag * sin  # Abar
+        zr, zi, cos, a_re, a_im = _exp_parts(lr, li, delta)  # Abar
         em1_re = torch.expm1(zr) * cos - 2 * torch.sin(0.5 * zi).square()  # Re(Abar - 1), exact
         inv = 1.0 / (lr * lr + li * li)  # 1 / Lambda = conj(Lambda) / |Lambda|^2
         w_re = (em1_re * lr + a_im * li) * inv  # gamma = (Abar - 1) / Lambda

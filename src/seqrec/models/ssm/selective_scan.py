@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 __all__ = [
     "Mamba",
-    "doubling_scan",
     "fused_selective_scan_available",
     "selective_scan",
     "selective_scan_ref",
@@ -208,19 +207,6 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return gu, gdelta, gA, gB, gC, None
 
 
-def doubling_scan(a: Tensor, b: Tensor) -> Tensor:
-    """``x_t = a_t x_{t-1} + b_t`` along dim 0 (``x_{-1} = 0``) in ``ceil(log2 L)`` whole-tensor
-    steps (Hillis-Steele: after the step with offset ``d``, ``(a_t, b_t)`` compose positions
-    ``t - 2d + 1 .. t``). ``O(L log L)`` work, but ``O(log L)`` operations: what exported graphs
-    use for S5's small ``[B, L, P]`` states, where a loop over positions would be unrolled."""
-    d, L = 1, b.shape[0]
-    while d < L:
-        b = torch.cat([b[:d], torch.addcmul(b[d:], a[d:], b[:-d])])
-        a = torch.cat([a[:d], a[d:] * a[:-d]])
-        d *= 2
-    return b
-
-
 def _graph_selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
     """The time-major selective scan (``[L, B, D]`` in and out) written for graph exports and
     traces: the coefficients of all positions in two whole-tensor operations, then the
@@ -248,7 +234,7 @@ def _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ch
             y = _graph_selective_scan(*args[:5])
         elif torch.is_grad_enabled() and any(t.requires_grad for t in args[:5]):
             y = _ChunkedSelectiveScan.apply(*args)
-        else:  # inference: the forward alone (also what graph exports trace)
+        else:  # inference: the forward alone, no saved tensors
             y = _scan_forward(*args)[0]
         y = _finish(y.permute(1, 2, 0), u, D, z)  # (B, D, L)
     return y.to(dtype_in)
