@@ -200,6 +200,19 @@ def test_selective_scan_chunked_matches_reference(chunk, zero_A):
         torch.testing.assert_close(p, q, msg=f"input {i}")
 
 
+@pytest.mark.parametrize("tile_elements", [1, 3 * 3 * 4 * 2])  # one row per tile; tiles of 2 rows and a ragged last one
+def test_selective_scan_batch_tiles_match_reference(monkeypatch, tile_elements):
+    monkeypatch.setattr(ss_mod, "TILE_ELEMENTS", tile_elements)
+    assert len(ss_mod.batch_tiles(5, 3, 3, 4)) == (5 if tile_elements == 1 else 3)
+    args = _ss_inputs(B=5, zero_A=True)
+    y = selective_scan(*args, delta_softplus=True, chunk_size=3, use_fast_path=False)
+    y_ref = selective_scan_ref(*args, delta_softplus=True)
+    torch.testing.assert_close(y, y_ref)
+    gy = torch.randn_like(y)
+    for i, (p, q) in enumerate(zip(torch.autograd.grad(y, args, gy), torch.autograd.grad(y_ref, args, gy))):
+        torch.testing.assert_close(p, q, msg=f"input {i}")
+
+
 def test_selective_scan_without_optional_inputs():
     u, delta, A, B, C = _ss_inputs(L=6)[:5]
     delta = delta.detach().abs().requires_grad_()

@@ -441,7 +441,7 @@ BACKENDS = ("torch", "onnx", "torchscript")
 
 
 def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu", backend: str = "torch",
-         graph: str | Path | None = None) -> Recommender:
+         graph: str | Path | None = None, compile: bool = False) -> Recommender:
     """Load a run folder's model (``checkpoint``, default the best validation epoch) and its
     dataset for recommendations. ``device``: cpu, cuda or auto (the torch backend; the graph
     backends run on the CPU).
@@ -449,13 +449,23 @@ def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu", 
     ``backend="onnx"`` (onnxruntime, the ``export`` extra) or ``"torchscript"`` scores with an
     exported graph of the same checkpoint: ``graph`` (default ``RUN/model.onnx`` or
     ``RUN/model.pt``, exported there, checked, on first use; see :mod:`seqrec.export`). The
-    answers equal the torch backend's (scores within 1e-4, same items)."""
+    answers equal the torch backend's (scores within 1e-4, same items).
+
+    ``compile=True`` (torch backend) runs the model through ``torch.compile``: the first calls
+    wait while it compiles (again for each new batch shape, until shapes go dynamic); where it
+    cannot compile, one line says so and it runs eagerly."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if graph is not None and backend == "torch":
         raise ValueError("--graph needs --backend onnx or torchscript")
+    if compile and backend != "torch":
+        raise ValueError("--compile is for the torch backend (an exported graph is already compiled by its runtime)")
     if backend == "torch":
         run = load_run(run_dir, checkpoint, device)
+        if compile:
+            from .utils.compile import compile_model
+
+            compile_model(run.model)
         return Recommender(run.cfg, run.dataset, run.model, run.device)
     from .export import SUFFIX, GraphScorer, export_run
 

@@ -510,12 +510,14 @@ def _add_backend(p) -> None:
                    "(onnx: onnxruntime on CPU, needs seqrec[export]); RUN/model.onnx or RUN/model.pt is exported "
                    "and checked on first use, or give --graph FILE")
     p.add_argument("--graph", default=None, help="the exported file for --backend (default RUN/model.onnx|.pt)")
+    p.add_argument("--compile", action="store_true", help="torch backend: run the model through torch.compile "
+                   "(worth it for long batch jobs; the first calls wait while it compiles)")
 
 
 def _load_for(args, device: str):
     from .api import load
 
-    return load(args.run_dir, device=device, backend=args.backend, graph=args.graph)
+    return load(args.run_dir, device=device, backend=args.backend, graph=args.graph, compile=args.compile)
 
 
 def _unix_seconds(text: str) -> int:
@@ -608,7 +610,7 @@ def cmd_serve(args) -> int:
     if args.max_batch < 1 or args.max_wait_ms < 0 or not 0 < args.port < 65536:
         raise ValueError("--max_batch must be >= 1, --max_wait_ms >= 0 and --port in 1..65535")
     serve(args.run_dir, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
-          max_wait_ms=args.max_wait_ms, backend=args.backend, graph=args.graph,
+          max_wait_ms=args.max_wait_ms, backend=args.backend, graph=args.graph, compile=args.compile,
           log=functools.partial(print, flush=True))
     return 0
 

@@ -87,6 +87,8 @@ class TrainConfig:
     max_bad_steps: int = opt(20, "stop the run (with a checkpoint) after this many skipped steps", low=1)
     amp: str = opt("auto", "mixed precision on CUDA: auto (bf16 when supported), bf16, fp16, off",
                    choices=("auto", "bf16", "fp16", "off"))
+    compile: bool = opt(False, "torch.compile the model for training and evaluation (the first steps wait while it "
+                        "compiles; where it cannot compile, one line says so and the run goes on eagerly)")
     seed: int = opt(42, "random seed (model init, data order, negatives)")
     device: str = opt("auto", "cuda, cpu or auto (cuda when available; the seed's default is cuda)",
                       choices=("auto", "cuda", "cpu"))

@@ -171,7 +171,8 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 2.
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", max_batch: int = 64,
-          max_wait_ms: float = 2.0, backend: str = "torch", graph: str | None = None, log=print) -> None:
+          max_wait_ms: float = 2.0, backend: str = "torch", graph: str | None = None, compile: bool = False,
+          log=print) -> None:
     """Load the run once (a run that cannot be loaded stops here, before any socket is opened)
     and serve it until interrupted."""
     _require()
@@ -180,7 +181,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str =
     from .api import load
     from .runs.folder import RunFolder
 
-    rec = load(run_dir, device=device, backend=backend, graph=graph)
+    rec = load(run_dir, device=device, backend=backend, graph=graph, compile=compile)
     folder = RunFolder(run_dir)
     info: dict[str, Any] = {"run": str(run_dir), "model": rec.cfg.describe_model(), "backend": backend,
                             "dataset": rec.dataset.name,

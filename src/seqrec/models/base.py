@@ -143,7 +143,7 @@ class SequentialRecommender(nn.Module):
         significant digits, and the ties they create would count against the target under
         the pessimistic tie rule.
         """
-        out = self.forward(batch, last_only=True) if self.supports_last_only else self.forward(batch)
+        out = self(batch, last_only=True) if self.supports_last_only else self(batch)  # __call__: --compile
         hidden = out[:, -1]
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             return self.score_all(hidden.to(self.output_embedding().dtype))

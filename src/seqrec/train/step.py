@@ -18,6 +18,7 @@ import torch
 from ..assemble import Assembled
 from ..config import RunConfig, TrainConfig
 from ..data.batches import NegativeSampler, draw_negatives
+from ..utils.compile import call_compiled, compile_model
 from ..utils.device import autocast_for
 from .losses import NEGATIVES, get_loss
 
@@ -59,10 +60,13 @@ def lr_lambda(warmup_steps: int, steps_per_epoch: int, decay_step: int, decay_ra
 class TrainStep:
     """Model, optimizer, loss, negatives and precision of a run, on ``device``."""
 
-    def __init__(self, cfg: RunConfig, parts: Assembled, device: torch.device):
-        self.cfg, self.parts, self.device = cfg, parts, device
+    def __init__(self, cfg: RunConfig, parts: Assembled, device: torch.device, log=print):
+        self.cfg, self.parts, self.device, self.log = cfg, parts, device, log
         ds = parts.dataset
         self.model = parts.model.to(device)
+        self._first_compiled_step = bool(cfg.train.compile)
+        if cfg.train.compile:  # in place: the DDP wrapper, evaluation and checkpoints see the same module
+            compile_model(self.model, log)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.loss_fn = get_loss(cfg.train.loss)
         self.neg_kind = NEGATIVES[cfg.train.loss]
@@ -87,6 +91,9 @@ class TrainStep:
         """Forward (through ``forward``, e.g. the DDP wrapper; default the model), loss
         (times ``loss_scale``), zero_grad, backward, unscale, clip; returns the detached loss
         and the gradient norm before clipping."""
+        if self._first_compiled_step:  # the backward graph compiles at its first use: fall back there too
+            self._first_compiled_step = False
+            return call_compiled(self.model, lambda: self.forward_backward(batch, forward, loss_scale), self.log)
         forward = forward or self.model
         with self.autocast() if self.autocast else nullcontext():
             hidden = forward(batch)

@@ -236,7 +236,7 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim, on_eval=None, tes
         valid_users, valid_pos, test_users, test_pos = valid_users[vk], valid_pos[vk], test_users[tk], test_pos[tk]
     check_sampled_negatives(batcher, test_users, test_pos, ds.n_items, E.negatives)
     shard = slice(rank, None, world)  # this rank's evaluation users
-    step_fn = TrainStep(cfg, parts, device)
+    step_fn = TrainStep(cfg, parts, device, log=log)
     model, optimizer, scaler = step_fn.model, step_fn.optimizer, step_fn.scaler
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.describe_model()} on {ds.name}: {ds.n_users:,} users, "

@@ -57,6 +57,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from seqrec.utils.compile import eager_when_compiled
+
 __all__ = [
     "S5",
     "hippo_legs_diagonal",
@@ -309,10 +311,14 @@ class S5(nn.Module):
                              f"{tuple(u.shape)} and {tuple(dt.shape)}")
         in_dtype = u.dtype
         dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
-        Bsz, L, H = u.shape
-        P = self.d_state
         if torch.compiler.is_exporting() or torch.jit.is_tracing():  # graph formats: real arithmetic
             return self._forward_real(u.to(dtype), dt.to(dtype)).to(in_dtype)
+        return self._forward_complex(u, dt, dtype).to(in_dtype)
+
+    @eager_when_compiled  # complex numbers and the custom scan stay eager under torch.compile
+    def _forward_complex(self, u: Tensor, dt: Tensor, dtype: torch.dtype) -> Tensor:
+        Bsz, L, H = u.shape
+        P = self.d_state
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(dtype)
             lam = torch.complex(self.Lambda_re.to(dtype).clamp(max=_LAMBDA_RE_MAX), self.Lambda_im.to(dtype))
@@ -326,7 +332,7 @@ class S5(nn.Module):
             # Re(C x) = C_re x_re - C_im x_im, as one real product over interleaved (Re, Im)
             W_C = torch.stack([self.C_re, -self.C_im], dim=-1).reshape(H, 2 * P).to(dtype)
             y = torch.view_as_real(x).reshape(Bsz, L, 2 * P) @ W_C.t() + self.D.to(dtype) * u
-        return y.to(in_dtype)
+        return y
 
     def _forward_real(self, u: Tensor, dt: Tensor) -> Tensor:
         """The forward pass in real arithmetic (complex numbers as real and imaginary parts),

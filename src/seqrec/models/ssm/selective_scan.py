@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqrec.utils.compile import eager_when_compiled
+
 __all__ = [
     "Mamba",
     "fused_selective_scan_available",
@@ -112,9 +114,23 @@ def _chunk_coefficients(dA: Tensor, dBu: Tensor, delta: Tensor, du: Tensor, A: T
     torch.mul(du.unsqueeze(-1), Bm.unsqueeze(-2), out=dBu)
 
 
+TILE_ELEMENTS = 2**19  # a chunk work buffer of at most this many floats (2 MiB): it stays in cache
+
+
+def batch_tiles(nb: int, T: int, D: int, N: int) -> list[slice]:
+    """Slices of the batch such that one ``[T, tile, D, N]`` work buffer holds at most
+    :data:`TILE_ELEMENTS` floats. The scan is independent across the batch, and walking it tile
+    by tile keeps a chunk's buffers in the core's cache: at B = 128, D = 128, N = 32 one
+    whole-batch chunk buffer is 32 MiB and every elementwise pass over it waits on memory
+    (measured 1.8x slower per training step of the scan than tiles of 8-16 rows)."""
+    tile = max(1, min(nb, TILE_ELEMENTS // max(1, T * D * N)))
+    return [slice(b0, min(b0 + tile, nb)) for b0 in range(0, nb, tile)]
+
+
 def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
     """The chunked forward pass (time-major, see :class:`_ChunkedSelectiveScan`): ``(y, starts)``,
-    ``starts [n_chunks, B, D, N]`` the state entering each chunk."""
+    ``starts [n_chunks, B, D, N]`` the state entering each chunk. Runs tile by tile over the
+    batch (:func:`batch_tiles`)."""
     L, nb, D = u.shape
     N = A.shape[1]
     n_chunks = -(-L // chunk)
@@ -122,18 +138,75 @@ def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, c
     y = u.new_empty(L, nb, D)
     starts = u.new_empty(n_chunks, nb, D, N)
     starts[0].zero_()
+    du = delta * u
+    tiles = batch_tiles(nb, T, D, N)
+    dA_buf = u.new_empty(T, tiles[0].stop, D, N)
+    hs_buf = u.new_empty(T, tiles[0].stop, D, N)
+    for bt in tiles:
+        nt = bt.stop - bt.start
+        for ci in range(n_chunks):
+            c0, c1 = ci * chunk, min((ci + 1) * chunk, L)
+            dA, hs = dA_buf[: c1 - c0, :nt], hs_buf[: c1 - c0, :nt]
+            _chunk_coefficients(dA, hs, delta[c0:c1, bt], du[c0:c1, bt], A, Bm[c0:c1, bt])
+            _chunk_states(dA, hs, starts[ci, bt])
+            y[c0:c1, bt] = torch.matmul(hs, Cm[c0:c1, bt].unsqueeze(-1)).squeeze(-1)  # sum_n h C
+            if ci + 1 < n_chunks:
+                starts[ci + 1, bt] = hs[-1]
+    return y, starts
+
+
+def _scan_backward(u, delta, A, Bm, Cm, starts, gy, chunk: int):
+    """Gradients ``(gu, gdelta, gA, gB, gC)`` of the chunked scan for one batch tile (all
+    tensors already cut to it): chunks in reverse, each recomputed from its start state."""
+    L, nb, D = u.shape
+    N = A.shape[1]
+    n_chunks = starts.shape[0]
+    T = min(chunk, L)
+    gu = torch.empty_like(u)
+    gdelta = torch.empty_like(delta)
+    gA = torch.zeros_like(A)
+    gB = torch.empty_like(Bm)
+    gC = torch.empty_like(Cm)
     dA_buf = u.new_empty(T, nb, D, N)
     hs_buf = u.new_empty(T, nb, D, N)
+    G_buf = u.new_empty(T, nb, D, N)
+    carry = u.new_zeros(nb, D, N)  # exp(delta_{c1} A) G_{c1}: what reaches h_{c1-1} from later
     du = delta * u
-    for ci in range(n_chunks):
+    fold_A = bool((A != 0).all())  # then dA is recovered as sum((Q A) delta) / A in place
+    for ci in reversed(range(n_chunks)):
         c0, c1 = ci * chunk, min((ci + 1) * chunk, L)
-        dA, hs = dA_buf[: c1 - c0], hs_buf[: c1 - c0]
-        _chunk_coefficients(dA, hs, delta[c0:c1], du[c0:c1], A, Bm[c0:c1])
-        _chunk_states(dA, hs, starts[ci])
-        torch.matmul(hs, Cm[c0:c1].unsqueeze(-1), out=y[c0:c1].unsqueeze(-1))  # sum_n h C
-        if ci + 1 < n_chunks:
-            starts[ci + 1].copy_(hs[-1])
-    return y, starts
+        t = c1 - c0
+        dA, hs, G = dA_buf[:t], hs_buf[:t], G_buf[:t]
+        d, g, h0 = delta[c0:c1], gy[c0:c1], starts[ci]
+        # recompute the chunk's states from its start state
+        _chunk_coefficients(dA, hs, d, du[c0:c1], A, Bm[c0:c1])
+        _chunk_states(dA, hs, h0)
+        # dC_t[n] = sum_d gy_t[d] h_t[d, n]
+        torch.matmul(g.unsqueeze(-2), hs, out=gC[c0:c1].unsqueeze(-2))
+        # G_t (gradient of h_t) = gy_t C_t + dA_{t+1} G_{t+1}
+        torch.mul(g.unsqueeze(-1), Cm[c0:c1].unsqueeze(-2), out=G)
+        G[-1] += carry
+        for s in range(t - 2, -1, -1):
+            G[s].addcmul_(dA[s + 1], G[s + 1])
+        torch.mul(dA[0], G[0], out=carry)
+        # G is also the gradient of delta u B: d(delta u) = sum_n G B, dB = sum_d G delta u
+        gdu = torch.matmul(G, Bm[c0:c1].unsqueeze(-1)).squeeze(-1)  # (T, B, D)
+        torch.matmul(du[c0:c1].unsqueeze(-2), G, out=gB[c0:c1].unsqueeze(-2))
+        # Q = gradient of z = delta A (dA = exp z): G_t * h_{t-1} * dA_t, built in place
+        Q = dA.mul_(G)
+        Q[1:].mul_(hs[:-1])
+        Q[0].mul_(h0)
+        gu[c0:c1] = gdu * d
+        if fold_A:  # d delta = sum_n Q A; dA = sum_{t,b} Q delta = sum_{t,b} (Q A) delta / A
+            Q.mul_(A)
+            gdelta[c0:c1] = Q.sum(-1).addcmul_(gdu, u[c0:c1])
+            gA += Q.mul_(d.unsqueeze(-1)).sum((0, 1))
+        else:
+            gdelta[c0:c1] = (Q * A).sum(-1).addcmul_(gdu, u[c0:c1])
+            gA += (Q * d.unsqueeze(-1)).sum((0, 1))
+    if fold_A:
+        gA.div_(A)
+    return gu, gdelta, gA, gB, gC
 
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
@@ -141,7 +214,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
     Inputs are time-major: ``u, delta: [L, B, D]``, ``A: [D, N]``, ``B, C: [L, B, N]``;
     output ``[L, B, D]``. Saves the inputs and the state at each chunk start; three
-    ``[chunk, B, D, N]`` work buffers are reused across chunks. See the module docstring.
+    ``[chunk, tile, D, N]`` work buffers per batch tile. See the module docstring.
     """
 
     @staticmethod
@@ -154,57 +227,16 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         u, delta, A, Bm, Cm, starts = ctx.saved_tensors
-        chunk = ctx.chunk
         L, nb, D = u.shape
-        N = A.shape[1]
-        n_chunks = starts.shape[0]
-        T = min(chunk, L)
         gy = gy.contiguous()
-        gu = torch.empty_like(u)
-        gdelta = torch.empty_like(delta)
-        gA = torch.zeros_like(A)
-        gB = torch.empty_like(Bm)
-        gC = torch.empty_like(Cm)
-        dA_buf = u.new_empty(T, nb, D, N)
-        hs_buf = u.new_empty(T, nb, D, N)
-        G_buf = u.new_empty(T, nb, D, N)
-        carry = u.new_zeros(nb, D, N)  # exp(delta_{c1} A) G_{c1}: what reaches h_{c1-1} from later
-        du = delta * u
-        fold_A = bool((A != 0).all())  # then dA is recovered as sum((Q A) delta) / A in place
-        for ci in reversed(range(n_chunks)):
-            c0, c1 = ci * chunk, min((ci + 1) * chunk, L)
-            t = c1 - c0
-            dA, hs, G = dA_buf[:t], hs_buf[:t], G_buf[:t]
-            d, g, h0 = delta[c0:c1], gy[c0:c1], starts[ci]
-            # recompute the chunk's states from its start state
-            _chunk_coefficients(dA, hs, d, du[c0:c1], A, Bm[c0:c1])
-            _chunk_states(dA, hs, h0)
-            # dC_t[n] = sum_d gy_t[d] h_t[d, n]
-            torch.matmul(g.unsqueeze(-2), hs, out=gC[c0:c1].unsqueeze(-2))
-            # G_t (gradient of h_t) = gy_t C_t + dA_{t+1} G_{t+1}
-            torch.mul(g.unsqueeze(-1), Cm[c0:c1].unsqueeze(-2), out=G)
-            G[-1] += carry
-            for s in range(t - 2, -1, -1):
-                G[s].addcmul_(dA[s + 1], G[s + 1])
-            torch.mul(dA[0], G[0], out=carry)
-            # G is also the gradient of delta u B: d(delta u) = sum_n G B, dB = sum_d G delta u
-            gdu = torch.matmul(G, Bm[c0:c1].unsqueeze(-1)).squeeze(-1)  # (T, B, D)
-            torch.matmul(du[c0:c1].unsqueeze(-2), G, out=gB[c0:c1].unsqueeze(-2))
-            # Q = gradient of z = delta A (dA = exp z): G_t * h_{t-1} * dA_t, built in place
-            Q = dA.mul_(G)
-            Q[1:].mul_(hs[:-1])
-            Q[0].mul_(h0)
-            gu[c0:c1] = gdu * d
-            if fold_A:  # d delta = sum_n Q A; dA = sum_{t,b} Q delta = sum_{t,b} (Q A) delta / A
-                Q.mul_(A)
-                gdelta[c0:c1] = Q.sum(-1).addcmul_(gdu, u[c0:c1])
-                gA += Q.mul_(d.unsqueeze(-1)).sum((0, 1))
-            else:
-                gdelta[c0:c1] = (Q * A).sum(-1).addcmul_(gdu, u[c0:c1])
-                gA += (Q * d.unsqueeze(-1)).sum((0, 1))
-        if fold_A:
-            gA.div_(A)
-        return gu, gdelta, gA, gB, gC, None
+        grads = [torch.empty_like(t) for t in (u, delta)] + [torch.zeros_like(A)] + \
+            [torch.empty_like(t) for t in (Bm, Cm)]
+        for bt in batch_tiles(nb, min(ctx.chunk, L), D, A.shape[1]):
+            u_, d_, B_, C_, s_, g_ = (t[:, bt].contiguous() for t in (u, delta, Bm, Cm, starts, gy))
+            gu, gdelta, gA, gB, gC = _scan_backward(u_, d_, A, B_, C_, s_, g_, ctx.chunk)
+            grads[0][:, bt], grads[1][:, bt], grads[3][:, bt], grads[4][:, bt] = gu, gdelta, gB, gC
+            grads[2] += gA
+        return (*grads, None)
 
 
 def _graph_selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
@@ -222,6 +254,7 @@ def _graph_selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: T
     return (torch.stack(hs) @ Cm.unsqueeze(-1)).squeeze(-1)  # (L, B, D)
 
 
+@eager_when_compiled  # the chunk loops and custom backward stay eager under torch.compile
 def _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
     dtype_in = u.dtype
     ct = _compute_dtype(u)
