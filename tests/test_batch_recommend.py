@@ -30,6 +30,8 @@ def test_all_users_to_parquet_equal_the_api(run, tmp_path):
     assert table.columns == ["user", "rank", "item", "score"] and table.height == 90 * 5
     rec = seqrec.api.load(run)
     assert table["user"].n_unique() == rec.n_users
+    # chunks run in history-length order; rows come back in the users' order
+    assert table["user"].unique(maintain_order=True).to_list() == rec.dataset.user_map().sort("id")["raw"].to_list()
     for raw in table["user"].unique().to_list()[:12]:
         mine = table.filter(pl.col("user") == raw).sort("rank")
         api = rec.recommend(raw, k=5)

@@ -282,7 +282,11 @@ class Recommender:
         """Top-``k`` for many users as one table: columns ``user``, ``rank``, ``item`` (raw ids)
         and ``score``, ``k`` rows per user in the order given (default: every user of the data
         set). One forward pass per ``chunk_size`` users; memory stays bounded by the chunk (the
-        table itself holds ``k`` rows per user). Unknown users raise before any work."""
+        table itself holds ``k`` rows per user). Unknown users raise before any work.
+
+        Chunks are cut from the users sorted by history length, so each chunk's window is
+        trimmed to its own longest history (exact: positions count from the right end) instead
+        of ``maxlen`` for every chunk; rows come back in the order given."""
         uid = np.arange(1, self.n_users + 1, dtype=np.int64) if users is None else self.user_ids(users)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -290,21 +294,19 @@ class Recommender:
 
         start, end = self._offsets[uid], self._offsets[uid + 1]
         kk = min(int(k), self.n_items)
-        parts_u, parts_i, parts_s = [], [], []
+        order = np.argsort(np.minimum(end - start, self.maxlen), kind="stable")  # by window length
+        top_i = np.zeros((len(uid), kk), dtype=np.int64)
+        top_s = np.full((len(uid), kk), -np.inf, dtype=np.float32)
         with tqdm(total=len(uid), unit="user", desc="recommend", disable=not progress) as bar:
             for c in range(0, len(uid), chunk_size):
-                sl = slice(c, c + chunk_size)
-                batch = sequence_batch(self._item, self._timestamp, start[sl], end[sl], self.maxlen, uid[sl],
+                rows = order[c : c + chunk_size]
+                batch = sequence_batch(self._item, self._timestamp, start[rows], end[rows], self.maxlen, uid[rows],
                                        self.uses_time)
-                seen = [self._item[a:b] for a, b in zip(start[sl], end[sl])] if exclude_seen else None
-                top_s, top_i = self._top_k_arrays(batch, seen, kk)
-                parts_u.append(np.repeat(uid[sl], kk))
-                parts_i.append(top_i.reshape(-1))
-                parts_s.append(top_s.reshape(-1))
-                bar.update(len(uid[sl]))
-        u = np.concatenate(parts_u) if parts_u else np.zeros(0, np.int64)
-        i = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
-        sc = np.concatenate(parts_s) if parts_s else np.zeros(0, np.float32)
+                seen = [self._item[a:b] for a, b in zip(start[rows], end[rows])] if exclude_seen else None
+                top_s[rows], top_i[rows] = self._top_k_arrays(batch, seen, kk)
+                bar.update(len(rows))
+        u = np.repeat(uid, kk)
+        i, sc = top_i.reshape(-1), top_s.reshape(-1)
         keep = np.isfinite(sc)  # fewer than k items left after the exclusions
         rank = np.tile(np.arange(1, kk + 1, dtype=np.int32), len(uid))
         user_raw = pl.Series("user", self._users.raw_by_id[1:], dtype=self._users.dtype)
