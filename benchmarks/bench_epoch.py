@@ -38,13 +38,20 @@ def child(args) -> dict:
     cfg = resolve_config({k: v for k, v in flags.items() if k in flag_table(model) or k == "model"})
     t0 = time.perf_counter()
     parts = assemble(cfg, prepare_if_missing=False, log=None)
-    step = TrainStep(cfg, parts, torch.device("cpu"), log=None)
+    step = TrainStep(cfg, parts, torch.device("cpu"), **({"log": None} if args.compile else {}))
     load_s = time.perf_counter() - t0
     b = parts.batcher
     rng = np.random.default_rng(0)
     users = b.train_users()
     order = b.epoch_batches(users, args.batch, rng, bucket=32)
-    pick = order[:: max(1, len(order) // (args.warmup + args.steps))][: args.warmup + args.steps]
+    want = args.warmup + args.steps
+    if len(order) >= want:  # spread over one epoch
+        pick = order[:: max(1, len(order) // want)][:want]
+    else:  # small data: successive epochs
+        pick = list(order)
+        while len(pick) < want:
+            pick += b.epoch_batches(users, args.batch, rng, bucket=32)
+        pick = pick[:want]
     # the batcher alone, over more batches than the model sees (it is much faster)
     sample = order[:: max(1, len(order) // args.batcher_batches)][: args.batcher_batches]
     t0 = time.perf_counter()
@@ -64,7 +71,7 @@ def child(args) -> dict:
             times.append(time.perf_counter() - t0)
             lengths.append(batch["items"].shape[1])
     steps_per_epoch = math.ceil(len(users) / args.batch)
-    per_step = float(np.mean(times))
+    per_step = float(np.median(times) if args.median else np.mean(times))
     return {"run": args.child, "train_users": int(len(users)), "n_items": int(parts.dataset.n_items),
             "steps_per_epoch": steps_per_epoch, "timed_steps": len(times), "mean_window": float(np.mean(lengths)),
             "s_per_step": per_step, "model_seq_s": args.batch / per_step, "batcher_seq_s": batcher_seq_s,
@@ -85,6 +92,8 @@ def main() -> None:
     ap.add_argument("--batcher_batches", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--median", action="store_true", help="median step time instead of the mean (e.g. to leave out "
+                    "--compile's recompilations for new window lengths)")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -102,7 +111,7 @@ def main() -> None:
         r = rows[-1]
         print(f"{r['run']}: {r['s_per_step']:.2f} s/step ({r['model_seq_s']:.0f} seq/s, mean window "
               f"{r['mean_window']:.0f}) -> {r['epoch_s_extrapolated'] / 3600:.2f} h per epoch of "
-              f"{r['steps_per_epoch']:,} steps (extrapolated from {r['timed_steps']} steps); batcher "
+              f"{r['steps_per_epoch']:,} steps (extrapolated from {r['timed_steps']} steps{', median' if args.median else ''}); batcher "
               f"{r['batcher_seq_s']:,.0f} seq/s = {r['batcher_seq_s'] / r['model_seq_s']:.0f}x the model; "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     if args.json:

@@ -57,6 +57,11 @@ def fused_selective_scan_available(x: Tensor | None = None) -> bool:
     return _fused_selective_scan_fn is not None and (x is None or x.is_cuda)
 
 
+@eager_when_compiled  # a C++/CUDA extension behind an autograd function: torch.compile leaves it eager
+def _fused_scan(*args):
+    return _fused_selective_scan_fn(*args)
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -117,12 +122,15 @@ def _chunk_coefficients(dA: Tensor, dBu: Tensor, delta: Tensor, du: Tensor, A: T
 TILE_ELEMENTS = 2**19  # a chunk work buffer of at most this many floats (2 MiB): it stays in cache
 
 
-def batch_tiles(nb: int, T: int, D: int, N: int) -> list[slice]:
+def batch_tiles(nb: int, T: int, D: int, N: int, on_gpu: bool = False) -> list[slice]:
     """Slices of the batch such that one ``[T, tile, D, N]`` work buffer holds at most
     :data:`TILE_ELEMENTS` floats. The scan is independent across the batch, and walking it tile
     by tile keeps a chunk's buffers in the core's cache: at B = 128, D = 128, N = 32 one
     whole-batch chunk buffer is 32 MiB and every elementwise pass over it waits on memory
-    (measured 1.8x slower per training step of the scan than tiles of 8-16 rows)."""
+    (measured 1.8x slower per training step of the scan than tiles of 8-16 rows). On a GPU
+    (``on_gpu``) the whole batch is one tile."""
+    if on_gpu:  # a GPU wants few large kernels, not many cache-sized ones
+        return [slice(0, nb)]
     tile = max(1, min(nb, TILE_ELEMENTS // max(1, T * D * N)))
     return [slice(b0, min(b0 + tile, nb)) for b0 in range(0, nb, tile)]
 
@@ -139,7 +147,7 @@ def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, c
     starts = u.new_empty(n_chunks, nb, D, N)
     starts[0].zero_()
     du = delta * u
-    tiles = batch_tiles(nb, T, D, N)
+    tiles = batch_tiles(nb, T, D, N, on_gpu=u.is_cuda)
     dA_buf = u.new_empty(T, tiles[0].stop, D, N)
     hs_buf = u.new_empty(T, tiles[0].stop, D, N)
     for bt in tiles:
@@ -231,7 +239,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         gy = gy.contiguous()
         grads = [torch.empty_like(t) for t in (u, delta)] + [torch.zeros_like(A)] + \
             [torch.empty_like(t) for t in (Bm, Cm)]
-        for bt in batch_tiles(nb, min(ctx.chunk, L), D, A.shape[1]):
+        for bt in batch_tiles(nb, min(ctx.chunk, L), D, A.shape[1], on_gpu=u.is_cuda):
             u_, d_, B_, C_, s_, g_ = (t[:, bt].contiguous() for t in (u, delta, Bm, Cm, starts, gy))
             gu, gdelta, gA, gB, gC = _scan_backward(u_, d_, A, B_, C_, s_, g_, ctx.chunk)
             grads[0][:, bt], grads[1][:, bt], grads[3][:, bt], grads[4][:, bt] = gu, gdelta, gB, gC
@@ -286,7 +294,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if use_fast_path and fused_selective_scan_available(u):
-        return _fused_selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return _fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
 
 
