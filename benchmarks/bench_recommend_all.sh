@@ -25,7 +25,9 @@ import torch
 import seqrec.api
 torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
 rec = seqrec.api.load(sys.argv[1])
-users = rec.dataset.user_map()["raw"].to_list()[:300]
+import numpy as np
+raw = rec.dataset.user_map()["raw"].to_list()
+users = [raw[i] for i in np.random.default_rng(0).choice(len(raw), 1000, replace=False)]  # a random sample
 t0 = time.perf_counter()
 for u in users:
     rec.recommend(u, k=10)
