@@ -3,6 +3,7 @@
 # the seed's phases (capacity on a CPU budget, lr, regularisation; TRIALS each), pruned (median)
 # and again unpruned with the same sampler seed, each tested once and refit; then the paired test
 # of the best trial against the shipped config. Resumable: run the same command again after a kill.
+# The reports, best configurations and figures are copied to experiments/tune_ml100k/ at the end.
 #   bash benchmarks/tune_ml100k.sh [MODEL]        (MODEL: sasrec | tisasrec | ss4rec; default sasrec)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,3 +32,14 @@ for pruner in $PRUNERS; do
   best=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['best_run'])" "$dir/summary.json")
   $SEQ compare "$OUT/${MODEL}_default" "$best" --paired --markdown "$dir/paired.md" >> "$dir.log" 2>&1
 done
+# what the studies gave, kept in the repository (runs/ is not): reports, best configurations, figures
+for pruner in $PRUNERS; do
+  dir="$OUT/${MODEL}_$pruner"
+  keep="experiments/tune_ml100k/${MODEL}_$pruner"
+  [ -f "$dir/paired.md" ] || continue
+  mkdir -p "$keep"
+  cp "$dir"/study.md "$dir"/best.yaml "$dir"/*.json "$dir"/paired.md "$keep"/ 2>/dev/null || true
+  cp "$dir"/*.png "$keep"/ 2>/dev/null || true
+  [ -f "$dir.wall" ] && cp "$dir.wall" "$keep/wall.txt"
+done
+cp "$OUT/${MODEL}_default/test_metrics.json" "experiments/tune_ml100k/${MODEL}_default_test_metrics.json" 2>/dev/null || true
