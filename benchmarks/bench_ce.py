@@ -34,11 +34,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def child(args) -> dict:
+def table_model(table):
+    """Just the scoring interface ``ce_loss`` uses: an item table ``[n_items + 1, dim]``."""
     import torch
-
-    torch.set_num_threads(args.threads)
-    from seqrec.train.losses import ce_loss
 
     class TableModel(torch.nn.Module):
         def __init__(self, table):
@@ -51,10 +49,19 @@ def child(args) -> dict:
         def score_all(self, hidden):
             return hidden @ self.table.T
 
+    return TableModel(table)
+
+
+def child(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from seqrec.train.losses import ce_loss
+
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     h = (torch.randn(args.rows, args.dim, generator=g) * 0.5).to(device).requires_grad_()
-    model = TableModel((torch.randn(args.items + 1, args.dim, generator=g) * 0.5).to(device))
+    model = table_model((torch.randn(args.items + 1, args.dim, generator=g) * 0.5).to(device))
     targets = torch.randint(1, args.items + 1, (args.rows,), generator=g).to(device)
     kw = {"impl": {"naive": "plain"}.get(args.child, args.child)}
     if args.child == "chunked" and args.chunk_size:
@@ -70,7 +77,7 @@ def child(args) -> dict:
         return loss
 
     # warm-up on a tiny case: library and autograd-engine start-up is not the loss's memory
-    small = TableModel(torch.randn(11, args.dim, device=device))
+    small = table_model(torch.randn(11, args.dim, device=device))
     ce_loss(small, torch.randn(8, args.dim, device=device, requires_grad=True),
             torch.randint(1, 11, (8,), device=device), **kw).backward()
     del small

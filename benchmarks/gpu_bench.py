@@ -74,6 +74,8 @@ from seqrec.data.datasets import prepare_dataset  # noqa: E402
 from seqrec.train import losses  # noqa: E402
 from seqrec.train.step import TrainStep  # noqa: E402
 from seqrec.utils.compile import is_compiled  # noqa: E402
+
+from bench_ce import table_model  # noqa: E402  (benchmarks/ is the script's folder)
 from torch._dynamo.utils import counters  # noqa: E402  (graphs compiled: recompiles show as new graphs)
 
 # the module (``seqrec.models.ssm`` exports the function under the same name)
@@ -541,20 +543,6 @@ def scan_cells(table: Table, sz: dict, device: torch.device, budget: Budget) -> 
 
 
 # --- row 3: cross-entropy ---------------------------------------------------------------------
-class TableModel(torch.nn.Module):
-    """Just the scoring interface ``ce_loss`` uses (an item table), as in benchmarks/bench_ce.py."""
-
-    def __init__(self, table: torch.Tensor):
-        super().__init__()
-        self.table = torch.nn.Parameter(table)
-
-    def output_embedding(self):
-        return self.table
-
-    def score_all(self, hidden):
-        return hidden @ self.table.T
-
-
 def ce_skip(impl: str, amp: bool, device: torch.device, cce: bool) -> str | None:
     """Why a cross-entropy variant cannot run here (None: it can)."""
     if amp and device.type != "cuda":
@@ -570,7 +558,7 @@ def ce_cells(table: Table, sz: dict, device: torch.device, budget: Budget) -> No
     c = sz["ce"]
     g = torch.Generator().manual_seed(0)
     h = (torch.randn(c["rows"], c["dim"], generator=g) * 0.5).to(device).requires_grad_()
-    model = TableModel((torch.randn(c["items"] + 1, c["dim"], generator=g) * 0.5).to(device))
+    model = table_model((torch.randn(c["items"] + 1, c["dim"], generator=g) * 0.5).to(device))
     targets = torch.randint(1, c["items"] + 1, (c["rows"],), generator=g).to(device)
     logits_mib = c["rows"] * (c["items"] + 1) * 4 / 2**20
     ref: dict = {}
