@@ -212,6 +212,46 @@ def test_phases_start_from_the_best_of_the_one_before(ds, tmp_path):
     assert load_config(study / "best.yaml").model.hidden_units == best_hidden
 
 
+def test_a_phase_that_finds_nothing_better_leaves_the_earlier_best(ds, tmp_path, monkeypatch):
+    """The seed's workflow keeps what worked: phase b's trials all fall short of phase a's best,
+    so phase c starts from a's best configuration (not b's), and a's trial is the result."""
+    import optuna
+
+    from seqrec.tune import study as study_mod
+
+    values = {"a": ({"hidden_units": 24}, 0.5), "b": ({"lr": 0.01}, 0.3), "c": ({"dropout_rate": 0.4}, 0.45)}
+    dists = {"hidden_units": optuna.distributions.CategoricalDistribution([8, 24]),
+             "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "dropout_rate": optuna.distributions.FloatDistribution(0.0, 0.5)}
+    started_from = {}
+
+    def fake_phase(base, space, opts, name, log=print):
+        phase = name.rsplit("-", 1)[-1]
+        started_from[phase] = base
+        study = optuna.create_study(study_name=name, direction="maximize")
+        params, value = values[phase]
+        for p, v in ((params, value), ({k: dists[k].low if hasattr(dists[k], "low") else 8 for k in params}, 0.1)):
+            study.add_trial(optuna.trial.create_trial(params=p, distributions={k: dists[k] for k in p}, value=v,
+                                                      user_attrs={"train_dir": f"{name}/{v}", "best_epoch": 2}))
+        return study, "ndcg@10"
+
+    monkeypatch.setattr(study_mod, "run_phase", fake_phase)
+    monkeypatch.setattr(study_mod, "_test_once", lambda best, opts, log: {"trial_run": best.user_attrs["train_dir"]})
+    monkeypatch.setattr("seqrec.tune.report.write_study_report", lambda *a, **k: None)
+    spaces = []
+    for name, text in (("a", "hidden_units: {type: categorical, choices: [8, 24]}\n"), ("b", LR),
+                       ("c", "dropout_rate: {type: float, low: 0.0, high: 0.5}\n")):
+        spaces.append(str(_space(tmp_path, text, f"{name}.yaml")))
+    base = resolve_config({"model": "sasrec", "dataset": str(ds.path), "maxlen": 10, "hidden_units": 16})
+    opts = study_mod.TuneOptions(study_dir=tmp_path / "st", trials=2)
+    summary = study_mod.run_tune(base, spaces, opts, log=None)
+    assert started_from["b"].model.hidden_units == 24
+    assert started_from["c"].model.hidden_units == 24 and started_from["c"].train.lr == base.train.lr  # not b's 0.01
+    assert summary["best_study"].endswith("-a") and summary["best_valid"] == 0.5
+    best = load_config(tmp_path / "st" / "best.yaml")
+    assert best.model.hidden_units == 24 and best.train.lr == base.train.lr
+
+
 def test_grid_sampler_and_a_bad_metric(ds, tmp_path, capsys):
     space = _space(tmp_path, "hidden_units: {type: categorical, choices: [8, 16]}\n")
     study = tmp_path / "g"

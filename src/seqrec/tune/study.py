@@ -194,8 +194,7 @@ def run_phase(base: RunConfig, space: SearchSpace, opts: TuneOptions, name: str,
         raise ValueError(f"study {name!r} in {opts.study_dir} maximises {old_metric}, not {metric}: use another "
                          "--study_dir, or the same metric")
     study.set_user_attr("metric", metric)
-    start = {k: v for k, v in base.to_dict().items()}
-    start["train"] = {k: v for k, v in start["train"].items() if k not in ("train_dir", "num_threads", "device")}
+    start = _settings(base)
     if study.user_attrs.get("base") not in (None, start):
         raise ValueError(f"study {name!r} in {opts.study_dir} was started from another configuration (or an earlier "
                          "phase ended differently): continue it with the same command, or use another --study_dir")
@@ -260,22 +259,26 @@ def best_config(study, base: RunConfig) -> RunConfig:
 
 
 def run_tune(base: RunConfig, spaces: list[str], opts: TuneOptions, log=print, worker: bool = False) -> dict:
-    """Run the phases (one space each, each starting from the best of the one before), then
-    test the best trial once, write best.yaml and study.md; ``refit`` retrains it on train +
+    """Run the phases (one space each, each starting from the best configuration found so far:
+    a phase whose trials all fall short of an earlier best leaves that best in place), then
+    test the best trial over all phases once, write best.yaml and study.md; ``refit`` retrains it on train +
     validation. A ``worker`` only runs trials."""
     opts.study_dir.mkdir(parents=True, exist_ok=True)
     studies = []
     cfg = base
+    top = None  # (trial, study, its configuration): the best validation value over the phases so far
     for phase in spaces:
         space = load_space(space_path(phase), cfg)  # checked before any trial of this phase
         name = f"{opts.study_name}-{Path(phase).stem}" if len(spaces) > 1 else opts.study_name
         study, metric = run_phase(cfg, space, opts, name, log=log)
         studies.append((study, space, metric))
-        cfg = best_config(study, cfg)
+        if top is None or study.best_trial.value > top[0].value:  # a phase that found nothing better
+            top = (study.best_trial, study, best_config(study, cfg))  # leaves the earlier best in place
+        cfg = top[2]
     if worker:
         return {}
-    study, space, metric = studies[-1]
-    best = study.best_trial
+    best, study, _ = top
+    metric = studies[-1][2]
     best_cfg = cfg.replace(train={"train_dir": str(opts.study_dir / "best"), "profile": None},
                            eval={"metric": metric})
     save_config(best_cfg, opts.study_dir / "best.yaml")
@@ -309,6 +312,13 @@ def _test_once(best, opts: TuneOptions, log) -> dict:
     return result
 
 
+def _settings(cfg: RunConfig) -> dict:
+    """A configuration without where it runs (folder, threads, device)."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("train_dir", "num_threads", "device")}
+    return d
+
+
 def _refit(best_cfg: RunConfig, best, opts: TuneOptions, log) -> dict:
     """The best configuration retrained on train + validation for the best trial's number of
     epochs, then tested (the eSASRec benchmark's protocol; reported apart)."""
@@ -319,12 +329,12 @@ def _refit(best_cfg: RunConfig, best, opts: TuneOptions, log) -> dict:
         raise ValueError("--refit needs the leave-one-out split (train + validation, then the test item)")
     run_dir = opts.study_dir / "refit"
     folder = RunFolder(run_dir)
-    if folder.test_metrics() and folder.config().train.num_epochs == epochs:
+    cfg = best_cfg.replace(data={"split": "loo_refit"}, train={"train_dir": str(run_dir), "num_epochs": epochs,
+                                                                "patience": 0, "lr_plateau_patience": 0},
+                           track={"progress": False})
+    if folder.test_metrics() and _settings(folder.config()) == _settings(cfg):  # this configuration's refit
         res = folder.test_metrics()
     else:
-        cfg = best_cfg.replace(data={"split": "loo_refit"}, train={"train_dir": str(run_dir), "num_epochs": epochs,
-                                                                    "patience": 0, "lr_plateau_patience": 0},
-                               track={"progress": False})
         res = train(cfg, log=None, overwrite=True)
     out = {"protocol": f"refit: trained on train + validation for {epochs} epochs (the best trial's best epoch), "
                        "then tested once; full ranking, history excluded", "epochs": epochs,
