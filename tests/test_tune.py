@@ -155,6 +155,18 @@ def test_running_the_same_command_again_continues_the_study(ds, tmp_path):
     assert again[:2] == first and len(again) == 3  # kept, and one more
     assert main([*argv[:-2], "--study_dir", str(study), "--trials", "3", "--num_epochs", "2"]) == 2  # changed base
 
+    # a study begun before a setting existed (its stored start lacks it) continues while that setting
+    # keeps its default; a stored setting with another value still refuses
+    import optuna
+
+    st = optuna.load_study(study_name="seqrec", storage=f"sqlite:///{study / 'study.db'}")
+    base = st.user_attrs["base"]
+    older = {**base, "train": {k: v for k, v in base["train"].items() if k != "compile"}}
+    st.set_user_attr("base", older)
+    assert main([*argv, "--trials", "4"]) == 0 and len(_trials(study)) == 4
+    st.set_user_attr("base", {**base, "train": {**base["train"], "lr": 0.5}})
+    assert main([*argv, "--trials", "5"]) == 2
+
 
 @pytest.mark.slow
 def test_a_killed_study_continues_and_reruns_the_interrupted_trial(ds, tmp_path):

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RunConfig, resolve_config, save_config
+from ..config import RunConfig, config_from_dict, resolve_config, save_config
 from ..runs.folder import RunFolder
 from ..utils.io import FolderInUseError, FolderLock, write_json
 from .space import SearchSpace, load_space
@@ -195,7 +195,7 @@ def run_phase(base: RunConfig, space: SearchSpace, opts: TuneOptions, name: str,
                          "--study_dir, or the same metric")
     study.set_user_attr("metric", metric)
     start = _settings(base)
-    if study.user_attrs.get("base") not in (None, start):
+    if not _same_start(study.user_attrs.get("base"), start):
         raise ValueError(f"study {name!r} in {opts.study_dir} was started from another configuration (or an earlier "
                          "phase ended differently): continue it with the same command, or use another --study_dir")
     study.set_user_attr("base", start)
@@ -317,6 +317,20 @@ def _settings(cfg: RunConfig) -> dict:
     d = cfg.to_dict()
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("train_dir", "num_threads", "device")}
     return d
+
+
+def _same_start(stored: dict | None, start: dict) -> bool:
+    """Whether a study's stored starting configuration is ``start``. A setting the stored one
+    lacks (added to seqrec since the study began) counts as equal when ``start`` has its default."""
+    if stored is None:
+        return True
+    if stored == start:
+        return True
+    try:
+        old = config_from_dict({k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()})
+    except Exception:  # not a configuration this version reads
+        return False
+    return _settings(old) == start
 
 
 def _refit(best_cfg: RunConfig, best, opts: TuneOptions, log) -> dict:
