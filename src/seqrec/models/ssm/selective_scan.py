@@ -15,7 +15,8 @@ Three implementations with the same signature:
   autograd function. Forward walks the sequence chunk by chunk (``chunk_size`` steps),
   building ``exp(delta A)`` and ``delta B u`` for one chunk at a time and keeping only the
   state at each chunk start. Backward recomputes a chunk's states from its start state and
-  runs the reverse recurrence ``G_t = C_t gy_t + exp(delta_{t+1} A) G_{t+1}``. Memory:
+  runs the reverse recurrence ``G_t = C_t gy_t + exp(delta_{t+1} A) G_{t+1}``. On the CPU
+  both walk the batch in tiles whose chunk buffers fit in a core's cache (:func:`batch_tiles`). Memory:
   ``O(B L D + B D N L / chunk_size)`` saved, plus a few ``[chunk_size, B, D, N]`` buffers
   while running -- never ``O(B L D N)``. Only the linear scan is custom; softplus, the
   ``D`` skip and the ``silu(z)`` gate are ordinary autograd on ``[B, D, L]`` tensors.
