@@ -18,6 +18,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _seconds(v) -> str:
+    return "-" if v is None else f"{float(v):,.0f}"
+
+
 def _plots(study, folder: Path, prefix: str) -> list[tuple[str, str]]:
     """PNG files of the study's plots; those Optuna cannot draw yet (too few trials) are left out."""
     try:
@@ -84,7 +88,7 @@ def write_study_report(folder: Path, studies: list, summary: dict) -> Path:
                                                           if t.intermediate_values else None)
             out.append("| " + " | ".join([str(t.number), t.state.name.lower(), *(_fmt(t.params.get(p)) for p in params),
                                           _fmt(value), _fmt(t.user_attrs.get("best_epoch")),
-                                          _fmt(t.user_attrs.get("epochs_run")), _fmt(t.user_attrs.get("seconds"))])
+                                          _fmt(t.user_attrs.get("epochs_run")), _seconds(t.user_attrs.get("seconds"))])
                        + " |")
         out.append("")
         prefix = f"{study.study_name}-" if len(studies) > 1 else ""
