@@ -1,11 +1,12 @@
 """``torch.compile`` for training and inference (``--compile``), with a fallback to eager.
 
-:func:`compile_model` compiles a model in place (``nn.Module.compile``: parameter names,
-checkpoints and every caller stay the same). Compilation is lazy, so a failure (no C++
-compiler for Inductor on the CPU, an unsupported operation, a Triton problem) shows at the
-first call: :func:`call_compiled` runs a call through the compiled model once and, when it
-fails to compile while the eager model runs, says so in one line, un-compiles the model and
-goes on eagerly. Errors of the call itself (bad input) are raised as they are.
+:func:`compile_model` compiles a model in place (``torch.compile`` of its ``__call__``, as
+``nn.Module.compile`` does: parameter names, checkpoints and every caller stay the same).
+Compilation is lazy, so a failure (no C++ compiler for Inductor on the CPU, an unsupported
+operation, a Triton problem) shows at a call: a call that fails to compile while the eager
+model runs says so in one line, un-compiles the model and goes on eagerly;
+:func:`call_compiled` does the same for a first training step, whose backward graph compiles
+at its first use. Errors of the call itself (bad input) are raised as they are.
 
 :func:`eager_when_compiled` marks the parts Inductor should not trace (the state space
 scans: custom autograd functions with chunk loops, complex numbers): under ``torch.compile``
