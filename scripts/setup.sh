@@ -12,7 +12,7 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "$TORCH" numpy 2>&1 | grep -v "^WARNING: Location" || true
 fi
-if ! .venv/bin/python -c "import seqrec, polars, yaml, tqdm, pytest, matplotlib, tensorboard, wandb, optuna, fastapi, uvicorn, httpx, onnx, onnxscript, onnxruntime" 2>/dev/null; then
+if ! .venv/bin/python -c "import seqrec, polars, yaml, tqdm, ninja, pytest, matplotlib, tensorboard, wandb, optuna, fastapi, uvicorn, httpx, onnx, onnxscript, onnxruntime" 2>/dev/null; then
   # --constraint keeps the torch we just installed
   .venv/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > .venv/torch-pin.txt
   .venv/bin/pip install -q -c .venv/torch-pin.txt -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true

@@ -273,12 +273,12 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-TUNE_ARGS = ("space", "phases", "trials", "study_dir", "storage", "pruner", "sampler", "timeout", "n_jobs",
+TUNE_ARGS = ("space", "phases", "trials", "study_dir", "storage", "pruner", "prune_after", "sampler", "timeout", "n_jobs",
              "refit", "worker", "study_name", "tune_seed", "tune_metric")
 
 
 def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
-    from .tune.study import PRUNERS, SAMPLERS
+    from .tune.study import PRUNE_AFTER, PRUNERS, SAMPLERS
 
     g = p.add_argument_group("study")
     which = g.add_mutually_exclusive_group(required=True)
@@ -292,6 +292,8 @@ def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--storage", help="Optuna storage shared by workers: an SQLAlchemy URL (sqlite:///..., "
                    "postgresql://...) or a journal file (journal:PATH); default DIR/study.db")
     g.add_argument("--pruner", choices=PRUNERS, default="median", help="stop hopeless trials early (default: median)")
+    g.add_argument("--prune_after", type=int, default=PRUNE_AFTER, help="epochs a trial trains before the pruner may "
+                   f"stop it: early epochs' scores are noise (default: {PRUNE_AFTER})")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default: tpe")
     g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (this process)")
     g.add_argument("--n_jobs", type=int, default=1, help="parallel trials on this machine: worker processes sharing "
@@ -313,8 +315,8 @@ def cmd_tune(argv: list[str]) -> int:
     from .tune.study import TuneOptions, run_tune
 
     args, flags = _parse_run_args("tune", argv)
-    if args.n_jobs < 1 or args.trials < 1:
-        raise ValueError("--n_jobs and --trials must be positive integers")
+    if args.n_jobs < 1 or args.trials < 1 or args.prune_after < 0:
+        raise ValueError("--n_jobs and --trials must be positive integers, --prune_after at least 0")
     base = resolve_config(flags, args.config)
     if args.tune_metric:
         from .config import check_metric
@@ -322,7 +324,7 @@ def cmd_tune(argv: list[str]) -> int:
         check_metric(args.tune_metric, "--tune_metric")
     phases = [p.strip() for p in (args.phases or args.space).split(",") if p.strip()]
     opts = TuneOptions(study_dir=Path(args.study_dir), trials=args.trials, storage=args.storage, pruner=args.pruner,
-                       sampler=args.sampler, timeout=args.timeout, seed=args.tune_seed, metric=args.tune_metric,
+                       prune_after=args.prune_after, sampler=args.sampler, timeout=args.timeout, seed=args.tune_seed, metric=args.tune_metric,
                        refit=args.refit, progress=base.track.progress, study_name=args.study_name)
     log = functools.partial(print, flush=True)
     if args.n_jobs > 1 and not args.worker:

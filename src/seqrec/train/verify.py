@@ -269,6 +269,10 @@ def check_kernels(ctx: _Context) -> Check:
         reason = "not installed" if isinstance(exc, ModuleNotFoundError) else f"not importable ({exc})"
         parts.append(f"mamba_ssm {reason}: state-space models use the reference scan")
         data["mamba_ssm"] = False
+    if dev.type == "cpu":
+        from seqrec.models.ssm.cpu_kernel import cpu_kernel_describe
+
+        parts.append(cpu_kernel_describe())
     return Check("fused kernels", True, "; ".join(parts), data=data)
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqrec.models.ssm.cpu_kernel import cpu_scan_kernel
 from seqrec.utils.compile import eager_when_compiled
 
 __all__ = [
@@ -61,6 +62,11 @@ def fused_selective_scan_available(x: Tensor | None = None) -> bool:
 @eager_when_compiled  # a C++/CUDA extension behind an autograd function: torch.compile leaves it eager
 def _fused_scan(*args):
     return _fused_selective_scan_fn(*args)
+
+
+@eager_when_compiled  # a C++ extension behind an autograd function: torch.compile leaves it eager
+def _cpu_scan(*args):
+    return _kernel_selective_scan(*args)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -264,6 +270,40 @@ def _graph_selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: T
     return (torch.stack(hs) @ Cm.unsqueeze(-1)).squeeze(-1)  # (L, B, D)
 
 
+class _CpuKernelScan(torch.autograd.Function):
+    """The selective scan through the fused CPU kernel (``cpu_scan.cpp``), batch-first:
+    ``u, delta: [B, L, D]``, ``A: [D, N]``, ``B, C: [B, L, N]``, output ``[B, L, D]``. Saves
+    only the inputs; backward recomputes each row's states inside the kernel."""
+
+    @staticmethod
+    def forward(ctx, kernel, u, delta, A, Bm, Cm):
+        ctx.kernel = kernel
+        ctx.save_for_backward(u, delta, A, Bm, Cm)
+        return kernel.forward(u, delta, A, Bm, Cm)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return (None, *ctx.kernel.backward(*ctx.saved_tensors, gy.contiguous()))
+
+
+def _kernel_selective_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """:func:`selective_scan` on the fused CPU kernel: the linear scan fused, softplus, the ``D``
+    skip and the gate as ordinary autograd (as the pure path)."""
+    dtype_in = u.dtype
+    ct = _compute_dtype(u)
+    with torch.autocast(device_type="cpu", enabled=False):
+        u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
+        delta = _prepare_delta(delta, delta_bias, delta_softplus)
+        bf = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731  (B, X, L) -> (B, L, X)
+        args = (bf(u), bf(delta), A.contiguous(), bf(B), bf(C))
+        if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+            y = _CpuKernelScan.apply(kernel, *args)
+        else:
+            y = kernel.forward(*args)
+        y = _finish(y.transpose(1, 2), u, D, z)  # (B, D, L)
+    return y.to(dtype_in)
+
+
 @eager_when_compiled  # the chunk loops and custom backward stay eager under torch.compile
 def _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
     dtype_in = u.dtype
@@ -297,6 +337,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if use_fast_path and fused_selective_scan_available(u):
         return _fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if use_fast_path and u.device.type == "cpu" and not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
+        kernel = cpu_scan_kernel()
+        if kernel is not None:
+            return _cpu_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
 
 
