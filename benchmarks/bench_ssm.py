@@ -10,7 +10,9 @@ expand 2, float32):
 * ``s5_seq``      seqrec S5, sequential reference scan (plain autograd)
 * ``s5_pytorch``  s5-pytorch's ``S5`` with a per-position ``step_scale`` (the official SS4Rec
                   layer; builds ``Bbar`` as ``[B, L, P, H]``)
-* ``mamba``       seqrec Mamba block, pure chunked selective scan with custom backward
+* ``mamba``       seqrec Mamba block as shipped: on the CPU the fused C++ selective scan
+                  (``cpu_scan.cpp``, built on first use) when it builds
+* ``mamba_pure``  the same block on the pure chunked selective scan with custom backward
 * ``mamba_ref``   the same block with ``selective_scan_ref`` (sequential loop, autograd)
 * ``mambapy``     mambapy's ``MambaBlock`` with ``pscan=True`` (Blelloch scan on
                   ``[B, L, E, N]`` tensors)
@@ -36,7 +38,7 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CASES = ["s5", "s5_seq", "s5_pytorch", "mamba", "mamba_ref", "mambapy"]
+CASES = ["s5", "s5_seq", "s5_pytorch", "mamba", "mamba_pure", "mamba_ref", "mambapy"]
 
 
 def _rss_mb() -> float:
@@ -66,10 +68,10 @@ def _build(case: str, B: int, L: int, H: int, P: int, N: int):
             return None
         m = PeerS5(width=H, state_width=P, dt_min=0.001, dt_max=0.1)
         fwd = lambda: m(x, step_scale=dt)  # noqa: E731
-    elif case in ("mamba", "mamba_ref"):
+    elif case in ("mamba", "mamba_pure", "mamba_ref"):
         from seqrec.models.ssm import Mamba, selective_scan_ref
 
-        m = Mamba(H, d_state=N, d_conv=4, expand=2)
+        m = Mamba(H, d_state=N, d_conv=4, expand=2, use_fast_path=case == "mamba")
         if case == "mamba_ref":
             mod = sys.modules["seqrec.models.ssm.selective_scan"]
             mod.selective_scan = lambda *a, use_fast_path=True, chunk_size=None, **k: selective_scan_ref(*a, **k)

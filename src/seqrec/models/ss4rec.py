@@ -14,8 +14,9 @@ Architecture (config names in brackets; defaults are the official ``config_ml.ya
   initialisation, learned per-state step in ``[dt_min, dt_max]`` scaled by the real gap
   ``dt_i``, zero-order hold, ``y = Re(C x) + D u``.
 * **Mamba** (:class:`seqrec.models.ssm.Mamba`): ``d_state``, ``d_conv``, ``expand``,
-  ``dt_rank = ceil(hidden_units / 16)``; fused CUDA selective scan when ``use_fast_path``
-  and ``mamba_ssm`` is installed, else the pure chunked scan.
+  ``dt_rank = ceil(hidden_units / 16)``; with ``use_fast_path`` the fused selective scan:
+  ``mamba_ssm``'s on CUDA when installed, seqrec's C++ kernel on the CPU when it builds; else the
+  pure chunked scan.
 * **LayerNorm**: eps 1e-12; one LayerNorm per block shared by its two residuals, and one
   dropout module (``dropout_rate``), exactly as the official ``SSBlock``.
 * **Init** (the official ``_init_weights``, applied to the whole model): every ``Linear``
@@ -117,7 +118,8 @@ class SS4RecConfig:
     time_unit: str = opt("second", "unit of the S5 time gaps (the official code: raw Unix seconds)",
                          choices=tuple(TIME_UNITS))
     ablation: str = opt("full", "full, s5_only or mamba_only", choices=ABLATIONS)
-    use_fast_path: bool = opt(True, "mamba_ssm's fused selective scan on CUDA when installed")
+    use_fast_path: bool = opt(True, "fused selective scan: mamba_ssm on CUDA when installed, "
+                                    "seqrec's C++ kernel on the CPU")
     embed_norm: bool = opt(False, "dropout + LayerNorm on the item embeddings (off: the official code)")
     min_gap: float = opt(0.0, "floor on the S5 gaps at real positions, in time_unit units (0: none, the official "
                          "code)", low=0)

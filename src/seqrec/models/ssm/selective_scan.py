@@ -7,7 +7,7 @@ Selective scan, per batch ``b``, channel ``d``, state ``n`` (layout as mamba_ssm
     h_t   = exp(delta_t A) * h_{t-1} + delta_t B_t u_t            h_{-1} = 0,  h_t in R^{D x N}
     y_t   = sum_n h_t[:, n] C_t[n] + D u_t,   then  y_t *= silu(z_t)   (optional)
 
-Three implementations with the same signature:
+Four implementations with the same signature:
 
 * :func:`selective_scan_ref` -- the sequential loop of mamba_ssm's reference (for tests and
   benchmarks); autograd keeps every step's ``[B, D, N]`` tensors, i.e. ``O(B L D N)``.
@@ -23,6 +23,11 @@ Three implementations with the same signature:
 * the fused CUDA kernel ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``,
   used by :func:`selective_scan` when ``use_fast_path`` is set, ``mamba_ssm`` is importable
   and the tensors are on CUDA (:func:`fused_selective_scan_available`).
+* the fused CPU kernel ``cpu_scan.cpp`` (:class:`_CpuKernelScan`), used when ``use_fast_path``
+  is set, the tensors are on the CPU and it builds (:mod:`seqrec.models.ssm.cpu_kernel`: once
+  per machine, ``SEQREC_CPU_KERNEL=0`` switches it off): each (batch, channel) row's recurrence
+  in one loop with its state in registers, backward recomputing the row's states in cache;
+  saves only the inputs. Graph exports and traces always take the pure path's graph form.
 
 The pure path computes in float32 at least (float64 stays float64, for gradcheck) and
 returns the input dtype, like the reference.
