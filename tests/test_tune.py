@@ -211,6 +211,21 @@ def test_two_workers_share_one_storage(ds, tmp_path):
     assert (study / "study.md").exists() and (study / "best_test.json").exists()
 
 
+@pytest.mark.slow
+def test_workers_timeout_is_the_whole_budget(ds, tmp_path):
+    """With --n_jobs the workers stop at --timeout and the parent only reports: it starts no trial of
+    its own afterwards (which would have doubled the budget). Optuna checks the timeout before each
+    trial, so each worker runs exactly one trial of a tiny budget."""
+    study = tmp_path / "t"
+    res = subprocess.run([sys.executable, "-m", "seqrec", "tune", *_base(ds), "--space", str(_space(tmp_path, LR)),
+                          "--study_dir", str(study), "--trials", "50", "--n_jobs", "2", "--timeout", "0.01"],
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    trials = _trials(study)
+    assert len(trials) == 2 and len({t.user_attrs["worker_pid"] for t in trials}) == 2
+    assert (study / "study.md").exists()
+
+
 def test_phases_start_from_the_best_of_the_one_before(ds, tmp_path):
     a = _space(tmp_path, "hidden_units: {type: categorical, choices: [8, 24]}\n", "a.yaml")
     b = _space(tmp_path, LR, "b.yaml")

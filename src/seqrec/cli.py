@@ -273,8 +273,8 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-TUNE_ARGS = ("space", "phases", "trials", "study_dir", "storage", "pruner", "prune_after", "sampler", "timeout", "n_jobs",
-             "refit", "worker", "study_name", "tune_seed", "tune_metric")
+TUNE_ARGS = ("space", "phases", "trials", "study_dir", "storage", "pruner", "prune_after", "sampler", "timeout",
+             "n_jobs", "refit", "worker", "study_name", "tune_seed", "tune_metric")
 
 
 def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
@@ -295,7 +295,7 @@ def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prune_after", type=int, default=PRUNE_AFTER, help="epochs a trial trains before the pruner may "
                    f"stop it: early epochs' scores are noise (default: {PRUNE_AFTER})")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default: tpe")
-    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (this process)")
+    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (per phase; with --n_jobs, per worker)")
     g.add_argument("--n_jobs", type=int, default=1, help="parallel trials on this machine: worker processes sharing "
                    "the storage, the CPU threads split between them (on GPU one per device)")
     g.add_argument("--refit", action="store_true", help="then retrain the best configuration on train + validation "
@@ -324,8 +324,9 @@ def cmd_tune(argv: list[str]) -> int:
         check_metric(args.tune_metric, "--tune_metric")
     phases = [p.strip() for p in (args.phases or args.space).split(",") if p.strip()]
     opts = TuneOptions(study_dir=Path(args.study_dir), trials=args.trials, storage=args.storage, pruner=args.pruner,
-                       prune_after=args.prune_after, sampler=args.sampler, timeout=args.timeout, seed=args.tune_seed, metric=args.tune_metric,
-                       refit=args.refit, progress=base.track.progress, study_name=args.study_name)
+                       prune_after=args.prune_after, sampler=args.sampler, timeout=args.timeout,
+                       seed=args.tune_seed, metric=args.tune_metric, refit=args.refit,
+                       progress=base.track.progress, study_name=args.study_name)
     log = functools.partial(print, flush=True)
     if args.n_jobs > 1 and not args.worker:
         threads = max(1, (os.cpu_count() or 1) // args.n_jobs)
@@ -345,6 +346,7 @@ def cmd_tune(argv: list[str]) -> int:
         codes = [p.wait() for p in procs]
         if any(codes):
             raise ValueError(f"a tune worker failed (exit codes {codes}); run the same command again to continue")
+        opts.start_trials = False  # the workers ran the trials (or stopped at --timeout): this process reports
     summary = run_tune(base, phases, opts, log=log, worker=args.worker)
     if not args.worker:
         log(f"study: {Path(args.study_dir) / 'study.md'}; best configuration: {Path(args.study_dir) / 'best.yaml'}")

@@ -63,6 +63,7 @@ class TuneOptions:
     refit: bool = False
     progress: bool = True
     study_name: str = "seqrec"
+    start_trials: bool = True  # False: only report (the --n_jobs workers ran the trials, up to --timeout)
 
 
 def space_path(name_or_path: str) -> Path:
@@ -195,7 +196,8 @@ def run_phase(base: RunConfig, space: SearchSpace, opts: TuneOptions, name: str,
     metric = opts.metric or space.metric or base.eval.metric
     storage = storage_for(opts)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=_sampler(opts.sampler, space, opts.seed), pruner=_pruner(opts.pruner, opts.prune_after))
+                                sampler=_sampler(opts.sampler, space, opts.seed),
+                                pruner=_pruner(opts.pruner, opts.prune_after))
     old_metric = study.user_attrs.get("metric")
     if old_metric is not None and old_metric != metric:
         raise ValueError(f"study {name!r} in {opts.study_dir} maximises {old_metric}, not {metric}: use another "
@@ -211,7 +213,7 @@ def run_phase(base: RunConfig, space: SearchSpace, opts: TuneOptions, name: str,
     trials_dir = opts.study_dir / "trials"
     trials_dir.mkdir(parents=True, exist_ok=True)
     left = opts.trials - _finished(study)
-    if left > 0:
+    if left > 0 and opts.start_trials:
         _optimize(study, _objective(base, space, trials_dir, metric, name), opts, left)
     _wait_for_other_workers(study, log)
     study = optuna.load_study(study_name=name, storage=storage)

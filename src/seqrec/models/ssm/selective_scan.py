@@ -69,11 +69,6 @@ def _fused_scan(*args):
     return _fused_selective_scan_fn(*args)
 
 
-@eager_when_compiled  # a C++ extension behind an autograd function: torch.compile leaves it eager
-def _cpu_scan(*args):
-    return _kernel_selective_scan(*args)
-
-
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -291,40 +286,33 @@ class _CpuKernelScan(torch.autograd.Function):
         return (None, *ctx.kernel.backward(*ctx.saved_tensors, gy.contiguous()))
 
 
-def _kernel_selective_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """:func:`selective_scan` on the fused CPU kernel: the linear scan fused, softplus, the ``D``
-    skip and the gate as ordinary autograd (as the pure path)."""
-    dtype_in = u.dtype
-    ct = _compute_dtype(u)
-    with torch.autocast(device_type="cpu", enabled=False):
-        u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
-        delta = _prepare_delta(delta, delta_bias, delta_softplus)
-        bf = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731  (B, X, L) -> (B, L, X)
-        args = (bf(u), bf(delta), A.contiguous(), bf(B), bf(C))
-        if torch.is_grad_enabled() and any(t.requires_grad for t in args):
-            y = _CpuKernelScan.apply(kernel, *args)
-        else:
-            y = kernel.forward(*args)
-        y = _finish(y.transpose(1, 2), u, D, z)  # (B, D, L)
-    return y.to(dtype_in)
-
-
-@eager_when_compiled  # the chunk loops and custom backward stay eager under torch.compile
-def _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+@eager_when_compiled  # the chunk loops, custom backwards and the C++ kernel stay eager under torch.compile
+def _unfused_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel=None):
+    """The scan outside mamba_ssm: on the CPU kernel when ``kernel`` is given (batch-first
+    layout), else the pure chunked path (time-major). Softplus, the ``D`` skip and the gate
+    are ordinary autograd on ``[B, D, L]`` tensors either way."""
     dtype_in = u.dtype
     ct = _compute_dtype(u)
     with torch.autocast(device_type=u.device.type, enabled=False):
         u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
         delta = _prepare_delta(delta, delta_bias, delta_softplus)
-        tm = lambda t: t.permute(2, 0, 1).contiguous()  # noqa: E731  (B, X, L) -> (L, B, X)
-        args = (tm(u), tm(delta), A.contiguous(), tm(B), tm(C), int(chunk_size))
-        if torch.compiler.is_exporting() or torch.jit.is_tracing():
-            y = _graph_selective_scan(*args[:5])
-        elif torch.is_grad_enabled() and any(t.requires_grad for t in args[:5]):
-            y = _ChunkedSelectiveScan.apply(*args)
-        else:  # inference: the forward alone, no saved tensors
-            y = _scan_forward(*args)[0]
-        y = _finish(y.permute(1, 2, 0), u, D, z)  # (B, D, L)
+        # (B, X, L) -> (B, L, X) for the kernel, (L, B, X) for the pure path
+        order = (0, 2, 1) if kernel is not None else (2, 0, 1)
+        args = tuple(t.permute(*order).contiguous() for t in (u, delta)) + (A.contiguous(),) + tuple(
+            t.permute(*order).contiguous() for t in (B, C))
+        train = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+        if kernel is not None:
+            y = _CpuKernelScan.apply(kernel, *args) if train else kernel.forward(*args)
+            y = y.transpose(1, 2)
+        else:
+            if torch.compiler.is_exporting() or torch.jit.is_tracing():
+                y = _graph_selective_scan(*args)
+            elif train:
+                y = _ChunkedSelectiveScan.apply(*args, int(chunk_size))
+            else:  # inference: the forward alone, no saved tensors
+                y = _scan_forward(*args, int(chunk_size))[0]
+            y = y.permute(1, 2, 0)
+        y = _finish(y, u, D, z)  # (B, D, L)
     return y.to(dtype_in)
 
 
@@ -342,11 +330,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if use_fast_path and fused_selective_scan_available(u):
         return _fused_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    kernel = None
     if use_fast_path and u.device.type == "cpu" and not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
-        kernel = cpu_scan_kernel()
-        if kernel is not None:
-            return _cpu_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return _pure_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+        kernel = cpu_scan_kernel()  # None where it cannot be built or is switched off
+    return _unfused_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel)
 
 
 # --- the Mamba block --------------------------------------------------------------------
