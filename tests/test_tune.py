@@ -214,15 +214,16 @@ def test_two_workers_share_one_storage(ds, tmp_path):
 @pytest.mark.slow
 def test_workers_timeout_is_the_whole_budget(ds, tmp_path):
     """With --n_jobs the workers stop at --timeout and the parent only reports: it starts no trial of
-    its own afterwards (which would have doubled the budget). Optuna checks the timeout before each
-    trial, so each worker runs exactly one trial of a tiny budget."""
+    its own afterwards (which would have spent the budget a second time)."""
     study = tmp_path / "t"
-    res = subprocess.run([sys.executable, "-m", "seqrec", "tune", *_base(ds), "--space", str(_space(tmp_path, LR)),
-                          "--study_dir", str(study), "--trials", "50", "--n_jobs", "2", "--timeout", "0.01"],
-                         env=_env(), capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "seqrec", "tune", *_base(ds), "--space", str(_space(tmp_path, LR)),
+                             "--study_dir", str(study), "--trials", "50", "--n_jobs", "2", "--timeout", "0.5"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
     trials = _trials(study)
-    assert len(trials) == 2 and len({t.user_attrs["worker_pid"] for t in trials}) == 2
+    assert 1 <= len(trials) < 50 and all(t.state.name == "COMPLETE" for t in trials)
+    assert proc.pid not in {t.user_attrs["worker_pid"] for t in trials}  # only the workers ran trials
     assert (study / "study.md").exists()
 
 

@@ -330,6 +330,10 @@ def cmd_tune(argv: list[str]) -> int:
     log = functools.partial(print, flush=True)
     if args.n_jobs > 1 and not args.worker:
         threads = max(1, (os.cpu_count() or 1) // args.n_jobs)
+        from .tune.study import storage_for
+
+        opts.study_dir.mkdir(parents=True, exist_ok=True)
+        storage_for(opts)  # the tables exist before the workers start (two creating one SQLite file collide)
         rest = [a for a in argv if a != "--refit"]
         procs = []
         import torch

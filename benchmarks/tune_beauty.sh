@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 18's Amazon Beauty study: SASRec CE from configs/sasrec_beauty.yaml over
+# benchmarks/spaces/beauty_cpu.yaml, median pruner after PRUNE_AFTER epochs, two workers of one
+# thread each on one SQLite study. Resumable across sessions: run the same command again (finished
+# trials are kept, an interrupted one is failed and re-run); BUDGET is this session's --timeout per
+# worker, and the time spent so far is appended to runs/tune/sasrec_beauty.wall.
+# When TRIALS are finished the best trial is tested once and refit (--refit), and the report,
+# best configuration and figures are copied to experiments/tune_beauty/.
+#   BUDGET=3000 bash benchmarks/tune_beauty.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEQ=.venv/bin/seqrec
+OUT=${OUT:-runs/tune}
+TRIALS=${TRIALS:-24}
+BUDGET=${BUDGET:-3600}
+PRUNE_AFTER=${PRUNE_AFTER:-10}
+$SEQ info beauty >/dev/null 2>&1 || $SEQ prepare beauty --raw "${SEQREC_SHARED_DATA:-../shared/data}/amazon"
+dir="$OUT/sasrec_beauty"
+mkdir -p "$OUT"
+start=$(date +%s)
+trap 'echo "$(( $(date +%s) - start )) s on $(date -u +%F) (2 workers x 1 thread)" >> "$dir.wall"' EXIT
+$SEQ tune --config configs/sasrec_beauty.yaml --progress false --space benchmarks/spaces/beauty_cpu.yaml \
+  --trials "$TRIALS" --study_dir "$dir" --pruner median --prune_after "$PRUNE_AFTER" --n_jobs 2 \
+  --timeout "$BUDGET" --refit >> "$dir.log" 2>&1
+keep=experiments/tune_beauty
+mkdir -p "$keep"
+cp "$dir"/study.md "$dir"/best.yaml "$dir"/*.json "$keep"/ 2>/dev/null || true
+cp "$dir"/*.png "$keep"/ 2>/dev/null || true
+cp "$dir.wall" "$keep/wall.txt"
