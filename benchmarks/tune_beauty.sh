@@ -4,8 +4,8 @@
 # thread each on one SQLite study. Resumable across sessions: run the same command again (finished
 # trials are kept, an interrupted one is failed and re-run); BUDGET is this session's --timeout per
 # worker, and the time spent so far is appended to runs/tune/sasrec_beauty.wall.
-# When TRIALS are finished the best trial is tested once and refit (--refit), and the report,
-# best configuration and figures are copied to experiments/tune_beauty/.
+# When the workers stop (TRIALS finished or BUDGET spent) the best trial so far is tested once and
+# refit (--refit), and the report, best configuration and figures are copied to experiments/tune_beauty/.
 #   BUDGET=3000 bash benchmarks/tune_beauty.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -295,7 +295,8 @@ def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prune_after", type=int, default=PRUNE_AFTER, help="epochs a trial trains before the pruner may "
                    f"stop it: early epochs' scores are noise (default: {PRUNE_AFTER})")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default: tpe")
-    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (per phase; with --n_jobs, per worker)")
+    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (per phase; "
+                   "with --n_jobs, per worker)")
     g.add_argument("--n_jobs", type=int, default=1, help="parallel trials on this machine: worker processes sharing "
                    "the storage, the CPU threads split between them (on GPU one per device)")
     g.add_argument("--refit", action="store_true", help="then retrain the best configuration on train + validation "
