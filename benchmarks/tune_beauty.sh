@@ -7,6 +7,8 @@
 # When the workers stop (TRIALS finished or BUDGET spent) the best trial so far is tested once and
 # refit (--refit), and the report, best configuration and figures are copied to experiments/tune_beauty/.
 #   BUDGET=3000 bash benchmarks/tune_beauty.sh
+# JOBS=1 runs one worker (one thread) here; more can join the same study from another shell, e.g.
+#   .venv/bin/seqrec tune <the same arguments> --n_jobs 1 --num_threads 1 --timeout S --worker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEQ=.venv/bin/seqrec
@@ -14,14 +16,15 @@ OUT=${OUT:-runs/tune}
 TRIALS=${TRIALS:-24}
 BUDGET=${BUDGET:-3600}
 PRUNE_AFTER=${PRUNE_AFTER:-10}
+JOBS=${JOBS:-2}
 $SEQ info beauty >/dev/null 2>&1 || $SEQ prepare beauty --raw "${SEQREC_SHARED_DATA:-../shared/data}/amazon"
 dir="$OUT/sasrec_beauty"
 mkdir -p "$OUT"
 start=$(date +%s)
-trap 'echo "$(( $(date +%s) - start )) s on $(date -u +%F) (2 workers x 1 thread)" >> "$dir.wall"' EXIT
+trap 'echo "$(( $(date +%s) - start )) s on $(date -u +%F) ($JOBS worker(s) x 1 thread)" >> "$dir.wall"' EXIT
 $SEQ tune --config configs/sasrec_beauty.yaml --progress false --space benchmarks/spaces/beauty_cpu.yaml \
-  --trials "$TRIALS" --study_dir "$dir" --pruner median --prune_after "$PRUNE_AFTER" --n_jobs 2 \
-  --timeout "$BUDGET" --refit >> "$dir.log" 2>&1
+  --trials "$TRIALS" --study_dir "$dir" --pruner median --prune_after "$PRUNE_AFTER" --n_jobs "$JOBS" \
+  --num_threads 1 --timeout "$BUDGET" --refit >> "$dir.log" 2>&1
 keep=experiments/tune_beauty
 mkdir -p "$keep"
 cp "$dir"/study.md "$dir"/best.yaml "$dir"/*.json "$keep"/ 2>/dev/null || true

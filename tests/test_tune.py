@@ -240,6 +240,26 @@ def test_phases_start_from_the_best_of_the_one_before(ds, tmp_path):
     assert load_config(study / "best.yaml").model.hidden_units == best_hidden
 
 
+def test_every_phase_is_checked_before_the_first_trial(ds, tmp_path, capsys):
+    """A broken later phase, or phases maximising different metrics (their best trials are
+    compared), stops the study before phase one trains anything, naming the file and line."""
+    a = _space(tmp_path, "metric: ndcg@10\nhidden_units: {type: categorical, choices: [8, 24]}\n", "a.yaml")
+    typo = _space(tmp_path, LR + "dropout: {type: float, low: 0.1, high: 0.5}\n", "typo.yaml")
+    other = _space(tmp_path, "# the lr phase\nmetric: hr@10\n" + LR, "other.yaml")
+    for second, expect in ((typo, "typo.yaml, line 2: 'dropout' is not a setting of sasrec"),
+                           (other, "other.yaml, line 2: phase metric hr@10 differs from ndcg@10 (")):
+        study = tmp_path / second.stem
+        assert main(["tune", *_base(ds), "--phases", f"{a},{second}", "--trials", "1",
+                     "--study_dir", str(study)]) == 2
+        err = capsys.readouterr().err
+        assert expect in err, err
+        assert not (study / "trials").exists() and not (study / "study.db").exists()
+    # one --tune_metric for all phases overrides the spaces' own
+    assert main(["tune", *_base(ds, "--num_epochs", "1"), "--phases", f"{a},{other}", "--trials", "1",
+                 "--study_dir", str(tmp_path / "one"), "--tune_metric", "mrr@10"]) == 0
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["metric"] == "mrr@10"
+
+
 def test_a_phase_that_finds_nothing_better_leaves_the_earlier_best(ds, tmp_path, monkeypatch):
     """The seed's workflow keeps what worked: phase b's trials all fall short of phase a's best,
     so phase c starts from a's best configuration (not b's), and a's trial is the result."""

@@ -101,8 +101,9 @@ def _fail(path, line, msg) -> ValueError:
     return ValueError(f"{path}, line {line}: {msg}")
 
 
-def load_space(path: str | Path, base: RunConfig) -> SearchSpace:
-    """Parse and check a space file against ``base`` (the study's starting configuration)."""
+def load_space(path: str | Path, base: RunConfig, combinations: bool = True) -> SearchSpace:
+    """Parse and check a space file against ``base`` (the study's starting configuration);
+    ``combinations``: also build every configuration it can sample from ``base``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"search space {path} not found")
@@ -137,7 +138,8 @@ def load_space(path: str | Path, base: RunConfig) -> SearchSpace:
             raise _fail(path, line, f"{name!r} switches a section on or off: search its options instead")
         params.append(_param(path, line, name, spec, fl))
     space = SearchSpace(str(path), params, metric, metric_line)
-    _check_combinations(space, base)
+    if combinations:
+        _check_combinations(space, base)
     return space
 
 

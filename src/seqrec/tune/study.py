@@ -272,6 +272,7 @@ def run_tune(base: RunConfig, spaces: list[str], opts: TuneOptions, log=print, w
     a phase whose trials all fall short of an earlier best leaves that best in place), then
     test the best trial over all phases once, write best.yaml and study.md; ``refit`` retrains it on train +
     validation. A ``worker`` only runs trials."""
+    _check_phases(base, spaces, opts)
     opts.study_dir.mkdir(parents=True, exist_ok=True)
     studies = []
     cfg = base
@@ -301,6 +302,23 @@ def run_tune(base: RunConfig, spaces: list[str], opts: TuneOptions, log=print, w
 
     write_study_report(opts.study_dir, [s for s, _, _ in studies], summary)
     return summary
+
+
+def _check_phases(base: RunConfig, spaces: list[str], opts: TuneOptions) -> None:
+    """Every phase's space file, checked before any trial runs: its settings, ranges and types,
+    and one metric for all (the phases' best trials are compared with each other). What a
+    space can sample is checked again from the configuration its phase starts from."""
+    first = None  # (metric, where it was set)
+    for phase in spaces:
+        space = load_space(space_path(phase), base, combinations=phase == spaces[0])
+        metric = opts.metric or space.metric or base.eval.metric
+        where = ("--tune_metric" if opts.metric else f"{space.path}, line {space.metric_line}" if space.metric
+                 else f"the config's eval.metric ({space.path} sets none)")
+        if first is None:
+            first = (metric, where)
+        elif metric != first[0]:
+            raise ValueError(f"{where}: phase metric {metric} differs from {first[0]} ({first[1]}): every phase of a "
+                             "study must maximise one metric (their best trials are compared)")
 
 
 def _test_once(best, opts: TuneOptions, log) -> dict:
