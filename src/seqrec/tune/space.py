@@ -8,7 +8,8 @@ A space file maps settings, by their flag names (the run config's vocabulary: ``
     num_blocks:   {type: int, low: 1, high: 6}
     num_heads:    {type: categorical, choices: [1, 2, 4, 8]}
     lr:           {type: float, low: 1.0e-4, high: 5.0e-3, log: true}
-    metric: ndcg@10          # optional: the validation metric to maximise (default: the config's)
+    metric: ndcg@10          # optional: the validation metric to maximise (default: the config's;
+                             # the phases of one study must agree)
 
 ``float`` (``log`` or linear, optional ``step``), ``int`` (``step``, ``log``) and ``categorical``
 (``choices``). Before any trial, every value is checked against the setting's type and range,
