@@ -16,7 +16,7 @@ mkdir -p "$OUT" "$KEEP"
 # name, config, overrides (the former settings, before the studies of 2026-12-03)
 ROWS=(
   "sasrec|configs/sasrec_ml-100k.yaml|"
-  "sasrec_former|configs/sasrec_ml-100k.yaml|--hidden_units 64 --lr 0.001 --batch_size 128"
+  "sasrec_former|configs/sasrec_ml-100k.yaml|--hidden_units 64 --lr 0.001 --warmup_steps 100 --batch_size 128"
   "tisasrec|configs/tisasrec_ml-100k.yaml|"
   "tisasrec_former|configs/tisasrec_ml-100k.yaml|--hidden_units 64 --num_blocks 2 --num_heads 2 --dropout_rate 0.2 --l2_emb 0"
   "ss4rec|configs/ss4rec_ml-100k.yaml|"

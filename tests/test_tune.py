@@ -153,6 +153,9 @@ def test_running_the_same_command_again_continues_the_study(ds, tmp_path):
     assert main([*argv, "--trials", "3"]) == 0
     again = [(t.number, t.value) for t in _trials(study)]
     assert again[:2] == first and len(again) == 3  # kept, and one more
+    # the continuing process draws new start-up trials, not the first process's again (same --tune_seed)
+    lrs = [t.params["lr"] for t in _trials(study)]
+    assert len(set(lrs)) == 3, lrs
     assert main([*argv[:-2], "--study_dir", str(study), "--trials", "3", "--num_epochs", "2"]) == 2  # changed base
 
     # a study begun before a setting existed (its stored start lacks it) continues while that setting

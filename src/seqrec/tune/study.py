@@ -108,8 +108,15 @@ def _pruner(name: str, prune_after: int = PRUNE_AFTER):
     return optuna.pruners.NopPruner()
 
 
-def _sampler(name: str, space: SearchSpace, seed: int):
+def _sampler(name: str, space: SearchSpace, seed: int, resumed_at: int = 0):
+    """The sampler of a process that joins a study holding ``resumed_at`` trials. Seeded by
+    ``seed`` alone, a resumed (or late) process would draw the same random start-up trials
+    as the process that began the study: its first ones would repeat finished trials."""
     optuna = _optuna()
+    if resumed_at:
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([seed, resumed_at]).generate_state(1)[0])
     if name == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if name == "random":
@@ -210,6 +217,8 @@ def run_phase(base: RunConfig, space: SearchSpace, opts: TuneOptions, name: str,
     study.set_user_attr("base", start)
     study.set_user_attr("space", [p.name for p in space.params])
     _release_dead_trials(study, log)
+    if study.trials:
+        study.sampler = _sampler(opts.sampler, space, opts.seed, resumed_at=len(study.trials))
     trials_dir = opts.study_dir / "trials"
     trials_dir.mkdir(parents=True, exist_ok=True)
     left = opts.trials - _finished(study)
