@@ -316,10 +316,10 @@ def run_tune(base: RunConfig, spaces: list[str], opts: TuneOptions, log=print, w
 def _check_phases(base: RunConfig, spaces: list[str], opts: TuneOptions) -> None:
     """Every phase's space file, checked before any trial runs: its settings, ranges and types,
     and one metric for all (the phases' best trials are compared with each other). What a
-    space can sample is checked again from the configuration its phase starts from."""
+    space can sample is checked when its phase starts, from the configuration it starts from."""
     first = None  # (metric, where it was set)
     for phase in spaces:
-        space = load_space(space_path(phase), base, combinations=phase == spaces[0])
+        space = load_space(space_path(phase), base, combinations=False)
         metric = opts.metric or space.metric or base.eval.metric
         where = ("--tune_metric" if opts.metric else f"{space.path}, line {space.metric_line}" if space.metric
                  else f"the config's eval.metric ({space.path} sets none)")
