@@ -7,6 +7,8 @@
 # When the workers stop (TRIALS finished or BUDGET spent) the best trial so far is tested once and
 # refit (--refit), and the report, best configuration and figures are copied to experiments/tune_beauty/.
 #   BUDGET=3000 bash benchmarks/tune_beauty.sh
+# PRUNE_AFTER: the shipped config peaks at epoch 42 and stands below the median at epoch 10 (docs/results.md),
+# so the default 10 favours fast learners here; PRUNE_AFTER=30 or more gives slow ones a chance.
 # JOBS=1 runs one worker (one thread) here; more can join the same study from another shell, e.g.
 #   .venv/bin/seqrec tune <the same arguments> --n_jobs 1 --num_threads 1 --timeout S --worker
 set -euo pipefail
