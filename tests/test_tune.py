@@ -134,6 +134,8 @@ def test_a_study_end_to_end(ds, tmp_path, capsys):
     refit = summary["refit"]
     assert refit["epochs"] == best.user_attrs["best_epoch"] and "refit" in refit["protocol"]
     assert load_config(study / "refit" / "config.yaml").data.split == "loo_refit"
+    refit_report = (study / "refit" / "report.md").read_text()  # says it had no validation to select on
+    assert "no validation split" in refit_report and "best validation epoch" not in refit_report
     text = (study / "study.md").read_text()
     assert "| # | state | lr | dropout_rate |" in text and "refit (" in text and "history.png" in text
     assert (study / "history.png").stat().st_size > 1000

@@ -499,7 +499,10 @@ def _train(cfg: RunConfig, log, resume: bool, claim: RunClaim, on_eval=None, tes
 
 
 def report_lines(result: dict) -> str:
-    rows = [f"best epoch {result.get('best_epoch')} (selected on validation)"]
+    if "valid_full" in result:
+        rows = [f"best epoch {result.get('best_epoch')} (selected on validation)"]
+    else:  # a refit: no validation users, the last epoch is tested
+        rows = [f"last epoch {result.get('best_epoch')} tested ({result.get('split')}: no validation)"]
     for key in ("valid_full", "test_full", "test_sampled"):  # what the run evaluated
         if key in result:
             m = result[key]
