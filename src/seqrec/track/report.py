@@ -250,12 +250,13 @@ def build_report(run_dir: str | Path, *, plots: dict[str, str] | None = None, pl
         names = {"protocol_full": "Full ranking", "protocol_sampled": "Sampled"}
         out += [f"- {names[k]}: {v}." for k, v in protocols.items()]
         split = str(result.get("split", "leave-one-out"))
+        split = split[:1].upper() + split[1:]
         if "valid_full" in result:
-            out.append(f"- {split[:1].upper() + split[1:]} split; the test split is evaluated once, with the best "
-                       f"validation epoch's weights (selected on validation {cfg.eval.metric}).")
-        else:
-            out.append(f"- {split[:1].upper() + split[1:]}: no validation split; trained "
-                       f"{result.get('epochs_run')} epochs, the last epoch's weights tested once.")
+            out.append(f"- {split} split; the test split is evaluated once, with the best validation epoch's "
+                       f"weights (selected on validation {cfg.eval.metric}).")
+        else:  # a refit: no validation users, the last epoch is tested
+            out.append(f"- {split}: no validation split; trained {result.get('epochs_run')} epochs, the last "
+                       f"epoch's weights tested once.")
     else:
         out.append("Test metrics: not finished (the test split is evaluated once, after training).")
         if epochs and any("valid_hr@10" in r for r in epochs):
